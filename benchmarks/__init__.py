@@ -1,0 +1,1 @@
+"""`tapefit bench`: the training, service and serving figures, measured in one run."""

@@ -1,0 +1,98 @@
+"""`tapefit bench` (`python -m benchmarks`): measure everything in one run, print a table.
+
+    tapefit bench [--mnist PATH] [--epochs 3] [--skip-serving]
+
+Ratios are measured in one process run against each other, so they hold on a noisy machine
+better than the absolute seconds do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+
+def _row(what: str, figure: str, target: str, met: bool | None) -> str:
+    verdict = "" if met is None else ("yes" if met else "**no**")
+    return f"| {what} | {figure} | {target} | {verdict} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tapefit bench", description=__doc__)
+    parser.add_argument("--mnist", type=Path, default=os.environ.get("TAPEFIT_MNIST_PATH"),
+                        help="the full MNIST (.npz or IDX folder); default TAPEFIT_MNIST_PATH")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per training figure")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved runs of each compared loop (the fastest counts)")
+    parser.add_argument("--skip-serving", action="store_true", help="training figures only")
+    args = parser.parse_args(argv)
+    if args.mnist is None:
+        print("tapefit bench: set TAPEFIT_MNIST_PATH or pass --mnist", file=sys.stderr)
+        return 2
+
+    from benchmarks.service import bench_service
+    from benchmarks.serving import bench_serving
+    from benchmarks.training import bench_training
+    from worker.data import DataError, load_mnist
+
+    try:
+        data = load_mnist(args.mnist)
+    except DataError as exc:
+        print(f"tapefit bench: {exc}", file=sys.stderr)
+        return 2
+    print(f"measuring on {len(data.x_train):,} training images, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()} ...", file=sys.stderr)
+    training = bench_training(data, epochs=args.epochs, rounds=args.rounds)
+    rows = [
+        _row("service loop, s/epoch (writes every loss to SQLite)",
+             f"{training.service_epoch_s:.2f}", "", None),
+        _row("model.fit, s/epoch (same model, data, batch, evaluation)",
+             f"{training.model_fit_epoch_s:.2f}", "", None),
+        _row("service loop / model.fit", f"{training.fit_ratio:.2f}", "≤ 0.80",
+             training.fit_ratio <= 0.8),
+        _row("cost of the metric writes: time in them / training time",
+             f"{training.writing_share:.1%}", "≤ 3%", training.writing_share <= 0.03),
+        _row("the same, A/B: with writes / without − 1", f"{training.write_overhead:+.1%}",
+             "", None),
+        _row("naive + manual_sgd: compiled / eager step",
+             f"{training.eager_ratio:.2f} ({training.naive_compiled_epoch_s:.2f} s vs "
+             f"{training.naive_eager_epoch_s:.2f} s)", "", None),
+    ]
+    if not args.skip_serving:
+        with tempfile.TemporaryDirectory() as folder:
+            service = bench_service(args.mnist, Path(folder))
+            serving = bench_serving(data_dir=Path(folder), model=str(service.trained_job))
+        rows += [
+            _row("POST /jobs → first loss row, idle warm worker",
+                 f"{service.first_row_warm_s * 1000:.0f} ms", "< 1 s",
+                 service.first_row_warm_s < 1),
+            _row("POST /jobs → first loss row, a fresh worker's first job",
+                 f"{service.first_row_cold_s * 1000:.0f} ms", "", None),
+            _row(f"GET /jobs/{{id}} while training, p50 / p99 ({service.status_requests} req)",
+                 f"{service.status_p50_ms:.1f} / {service.status_p99_ms:.1f} ms",
+                 "p99 < 50 ms", service.status_p99_ms < 50),
+            _row("API start-up (to the first /healthz 200)", f"{serving.startup_s:.2f} s",
+                 "< 2 s", serving.startup_s < 2),
+            _row("API memory after serving (RSS / peak)",
+                 f"{serving.rss_mb:.0f} / {serving.peak_rss_mb:.0f} MB", "< 300 MB",
+                 serving.peak_rss_mb < 300),
+            _row("one prediction in-process (LiteRT), p50 / p99",
+                 f"{serving.latency_p50_us / 1000:.2f} / {serving.latency_p99_us / 1000:.2f} ms",
+                 "p50 < 1 ms", serving.latency_p50_us < 1000),
+            _row("HTTP predict / bare endpoint, requests per second",
+                 f"{serving.predict_vs_bare:.2f} ({serving.requests_per_s})", "≥ 0.60",
+                 serving.predict_vs_bare >= 0.6),
+        ]
+    print("| figure | measured | target | met |\n|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Service figures through the real server: how soon a submitted job shows its first loss
+row, and how fast the API answers while a job trains on the same machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+TAPEFIT = str(Path(sys.executable).parent / "tapefit")
+WARM_UP = {"epochs": 1, "dataset": {"train_limit": 1000, "test_limit": 100}}
+
+
+@dataclass
+class ServiceFigures:
+    first_row_cold_s: float  # a fresh worker's first job: it loads TensorFlow's graphs
+    first_row_warm_s: float  # an idle worker that has run a job before
+    status_p50_ms: float  # GET /jobs/{id} while the default job trains
+    status_p99_ms: float
+    status_requests: int
+    trained_job: int  # the warm-up job: a trained model the serving figures can use
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(mnist_path: Path, data_dir: Path) -> Iterator[httpx.Client]:
+    """`tapefit serve --workers 1` on a free port, stopped with SIGINT afterwards."""
+    port = _free_port()
+    env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir), "TAPEFIT_MNIST_PATH": str(mnist_path)}
+    env.pop("TAPEFIT_DATABASE_URL", None)
+    process = subprocess.Popen([TAPEFIT, "serve", "--port", str(port), "--workers", "1"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+        yield client
+    finally:
+        client.close()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+
+
+def _first_row_seconds(client: httpx.Client, spec: dict) -> tuple[int, float]:
+    started = time.perf_counter()
+    job_id = client.post("/jobs", json=spec).json()["id"]
+    while not client.get(f"/jobs/{job_id}/metrics", params={"limit": 1}).json()["items"]:
+        time.sleep(0.005)
+    return job_id, time.perf_counter() - started
+
+
+def _wait_final(client: httpx.Client, job_id: int) -> None:
+    while client.get(f"/jobs/{job_id}").json()["state"] not in ("succeeded", "failed",
+                                                                 "cancelled"):
+        time.sleep(0.1)
+
+
+def bench_service(mnist_path: Path, data_dir: Path, *, requests: int = 500) -> ServiceFigures:
+    """The figures, with `data_dir` as the server's (it keeps the warm-up job's model)."""
+    with running_server(mnist_path, data_dir) as api:
+        time.sleep(1.0)  # let the worker start and go idle
+        warm_up, cold = _first_row_seconds(api, WARM_UP)
+        _wait_final(api, warm_up)
+        time.sleep(0.5)
+        job_id, warm = _first_row_seconds(api, {})  # the book's default job
+        latencies = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            assert api.get(f"/jobs/{job_id}").status_code == 200
+            latencies.append((time.perf_counter() - started) * 1000)
+        still_training = api.get(f"/jobs/{job_id}").json()["state"] == "running"
+        api.post(f"/jobs/{job_id}/cancel")
+        _wait_final(api, job_id)
+    if not still_training:
+        print("note: the job finished before the latency sample ended", file=sys.stderr)
+    quantiles = statistics.quantiles(latencies, n=100)
+    return ServiceFigures(
+        first_row_cold_s=cold,
+        first_row_warm_s=warm,
+        status_p50_ms=statistics.median(latencies),
+        status_p99_ms=quantiles[98],
+        status_requests=requests,
+        trained_job=warm_up,
+    )

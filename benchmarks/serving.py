@@ -1,0 +1,220 @@
+"""Serving figures for a data dir with a trained model: the API's start-up time and memory,
+LiteRT's single-image latency in-process, and requests per second through the real server.
+
+    python -m benchmarks.serving --data-dir tapefit-data [--model latest] [--seconds 5]
+
+`bench_serving(...)` returns the figures, for a `tapefit bench` command to print. The server
+is a real `tapefit serve --workers 0` process (uvicorn) on a free port; the load comes from
+plain keep-alive sockets in this process, light enough that the server is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service import serving
+from service.config import Settings
+from service.db import Database
+from service.inference import ModelStore
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServingFigures:
+    model: str
+    job_id: int
+    startup_s: float  # process start to the first 200 from /healthz
+    rss_mb: float  # resident memory after loading the model and serving the load below
+    peak_rss_mb: float
+    latency_p50_us: float  # one image through ModelStore.predict, in-process
+    latency_p99_us: float
+    requests_per_s: dict[str, float]  # per endpoint, through the HTTP server
+    predict_vs_bare: float  # native predict's requests per second over /healthz's
+
+
+def bench_serving(
+    *, data_dir: Path, model: str = "latest", seconds: float = 5.0, connections: int = 4,
+    runs: int = 5_000,
+) -> ServingFigures:
+    """Measure the serving path for `model` (a job id, latest or best) in `data_dir`."""
+    settings = Settings(data_dir=data_dir)
+    database = Database(settings.sqlalchemy_url)
+    try:
+        with database.session() as session:
+            job_id = serving.resolve(session=session, name=model).job_id
+    finally:
+        database.dispose()
+    image = _image()
+    p50, p99 = _latency(ModelStore(settings.models_dir, capacity=1), job_id, image, runs)
+    # The server reads the same environment: with TAPEFIT_API_TOKEN set, it wants the token.
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    requests = _requests(job_id, image, token)
+    server, port, startup = _start_server(settings.data_dir)
+    try:
+        rates: dict[str, float] = {}
+        for _ in range(2):  # interleaved rounds, so drift hits every endpoint alike
+            for name, request in requests.items():
+                rate = _load(port, request, seconds / 2, connections)
+                rates[name] = rates.get(name, 0.0) + rate / 2
+        rss, peak = _memory_mb(server.pid)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return ServingFigures(
+        model=model, job_id=job_id, startup_s=round(startup, 3), rss_mb=rss, peak_rss_mb=peak,
+        latency_p50_us=round(p50, 1), latency_p99_us=round(p99, 1),
+        requests_per_s={k: round(v) for k, v in rates.items()},
+        predict_vs_bare=round(rates["predict"] / rates["healthz"], 3),
+    )
+
+
+def _image() -> np.ndarray:
+    # Digit-like: mostly background, a fifth of the pixels inked with full-precision floats.
+    rng = np.random.default_rng(0)
+    return (rng.random(784) * (rng.random(784) < 0.2)).astype(np.float32).reshape(1, 784)
+
+
+def _latency(store: ModelStore, job_id: int, image: np.ndarray, runs: int) -> tuple[float, float]:
+    for _ in range(200):  # load the model, warm the caches
+        store.predict(job_id, image)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        store.predict(job_id, image)
+        times[i] = time.perf_counter_ns() - start
+    return float(np.percentile(times, 50)) / 1e3, float(np.percentile(times, 99)) / 1e3
+
+
+def _requests(job_id: int, image: np.ndarray, token: str | None) -> dict[str, bytes]:
+    pixels = image.ravel().tolist()
+    row = {"instances": [pixels]}
+    v2 = {"inputs": [{"name": "images", "shape": [1, 784], "datatype": "FP32", "data": pixels}]}
+    return {
+        "healthz": _http("GET", "/healthz"),
+        "predict": _http("POST", f"/jobs/{job_id}/predict", row, token),
+        "predict_by_alias": _http("POST", "/jobs/latest/predict", row, token),
+        "tfserving_predict": _http("POST", f"/v1/models/{job_id}:predict", row, token),
+        "v2_infer": _http("POST", f"/v2/models/{job_id}/infer", v2, token),
+    }
+
+
+def _http(method: str, path: str, body: object = None, token: str | None = None) -> bytes:
+    content = json.dumps(body).encode() if body is not None else b""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(content)}\r\n"
+    if body is not None:
+        head += "Content-Type: application/json\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    return head.encode() + b"\r\n" + content
+
+
+def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], int, float]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tapefit = Path(sys.executable).with_name("tapefit")
+    command = [str(tapefit)] if tapefit.exists() else [sys.executable, "-m", "service.cli"]
+    env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir)}
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [*command, "serve", "--workers", "0", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    while time.perf_counter() - started < START_TIMEOUT_S:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode}")
+        try:
+            if _once(port, _http("GET", "/healthz")) == 200:
+                return server, port, time.perf_counter() - started
+        except OSError:
+            time.sleep(0.01)
+    server.kill()
+    raise RuntimeError(f"the server did not answer within {START_TIMEOUT_S} s")
+
+
+def _once(port: int, request: bytes) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        return _read_response(sock.makefile("rb"))
+
+
+def _read_response(reader) -> int:  # noqa: ANN001 (a socket file)
+    status_line = reader.readline()
+    if not status_line:
+        raise ConnectionError("the server closed the connection")
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    reader.read(length)
+    return int(status_line.split()[1])
+
+
+def _load(port: int, request: bytes, seconds: float, connections: int) -> float:
+    """Requests per second over `connections` keep-alive connections, each one at a time."""
+    counts = [0] * connections
+    failures: list[str] = []
+    deadline = time.perf_counter() + seconds
+
+    def run(i: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = sock.makefile("rb")
+            while time.perf_counter() < deadline:
+                sock.sendall(request)
+                status = _read_response(reader)
+                if status != 200:
+                    failures.append(f"HTTP {status}")
+                    return
+                counts[i] += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"the load failed: {failures[0]}")
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    return int(fields["VmRSS"][0]) / 1024, int(fields["VmHWM"][0]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--model", default="latest")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    figures = bench_serving(data_dir=args.data_dir, model=args.model, seconds=args.seconds,
+                            connections=args.connections)
+    print(json.dumps(asdict(figures), indent=2))
+
+
+if __name__ == "__main__":
+    main()

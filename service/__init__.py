@@ -1,0 +1,1 @@
+"""tapefit's API: accepts training jobs, serves their progress, metrics and predictions."""

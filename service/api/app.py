@@ -1,0 +1,131 @@
+"""The FastAPI application: routers, shared state and the mapping of domain errors to HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from service.api.auth import TokenAuth
+from service.api.limits import RequestLimits
+from service.api.routes import events, jobs, kserve_v2, metrics, predict, tfserving, ui
+from service.api.serving_deps import BodyTooLarge
+from service.config import Settings, get_settings
+from service.db import Database
+from service.imaging import ImageError, ImageTooLarge
+from service.inference import ModelStore, ModelUnavailable
+from service.jobs import JobConflict, JobNotFound
+from service.serving import Catalog, ModelNotFound
+from service.sweeper import sweep_forever
+
+
+ROUTERS = (
+    jobs.router,
+    metrics.router,
+    events.router,
+    predict.router,
+    tfserving.router,
+    kserve_v2.router,
+    ui.router,
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for `settings` (the environment's by default). The schema must be migrated."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_forever(app.state.database, settings))
+        yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        app.state.database.dispose()
+
+    app = FastAPI(
+        title="tapefit",
+        summary="Training as a service for TensorFlow: submit, watch, predict.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = Database(
+        settings.sqlalchemy_url, busy_timeout=settings.sqlite_busy_timeout
+    )
+    app.state.catalog = Catalog(
+        database=app.state.database,
+        store=ModelStore(settings.models_dir, settings.model_cache_size),
+    )
+
+    for router in ROUTERS:
+        app.include_router(router)
+    app.mount("/static", ui.static_files(), name="static")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    _add_error_handlers(app)
+    # The last added runs first: auth refuses a stranger before the limits read anything.
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
+    if settings.api_token is not None:
+        app.add_middleware(TokenAuth, token=settings.api_token.get_secret_value())
+    return app
+
+
+def _error(status_code: int, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status_code)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(JobNotFound)
+    @app.exception_handler(ModelNotFound)
+    async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(ImageError)
+    async def _bad_image(_: Request, exc: ImageError) -> JSONResponse:
+        # Shaped like the other 422s: a detail and a message naming what was wrong.
+        return JSONResponse({"detail": str(exc), "message": f"file: {exc}"}, status_code=422)
+
+    @app.exception_handler(ImageTooLarge)
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: Exception) -> JSONResponse:
+        return _error(413, str(exc))
+
+    @app.exception_handler(JobConflict)
+    @app.exception_handler(ModelUnavailable)
+    async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's list of errors, plus one sentence that names the first bad field.
+        # The offending input is left out: it can be a whole request body.
+        errors = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+        return JSONResponse(
+            {"detail": errors, "message": f"{where}: {first['msg']}"}, status_code=422
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _database_busy(_: Request, exc: OperationalError) -> JSONResponse:
+        # SQLite gave up waiting for the write lock: the client may retry shortly.
+        if "database is locked" in str(exc.orig):
+            return JSONResponse(
+                {"detail": "the database is busy; retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        raise exc

@@ -1,0 +1,39 @@
+"""The error responses routes declare, so the OpenAPI schema names every status they send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing or wrong token (when the server has one)",
+    404: "No such job or model",
+    409: "The job's state does not allow it",
+    413: "The body is over the limit",
+    415: "A body of a media type the route does not read",
+    422: "Invalid input; `message` names the field",
+    503: "The database is busy; retry after Retry-After seconds",
+}
+
+
+class ErrorRead(BaseModel):
+    detail: Any
+    message: str | None = None
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that may answer with these error codes."""
+    return {code: {"model": ErrorRead, "description": DESCRIPTIONS[code]} for code in codes}
+
+
+class ProtocolErrorRead(BaseModel):
+    """TF Serving's and KServe's error body."""
+
+    error: str
+
+
+def protocol_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for the TF Serving and KServe routes, whose errors are {"error": ...}."""
+    return {code: {"model": ProtocolErrorRead, "description": DESCRIPTIONS[code]} for code in codes}

@@ -1,0 +1,76 @@
+"""The engine and sessions: SQLite tuned for one writer at a time, PostgreSQL as it is.
+
+Transactions are committed at the edge: `Database.session()` commits when its block ends
+without error and rolls back otherwise. Writers ask for `write=True`, which on SQLite starts
+the transaction with BEGIN IMMEDIATE: the write lock is taken up front, so a read-then-write
+transaction can never fail half-way with "database is locked" (a deferred transaction that
+read an old snapshot cannot be upgraded and is refused at once, whatever the busy timeout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+# Seconds a SQLite writer waits for the lock before giving up with "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 10.0
+
+
+def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 (DBAPI objects)
+        # Let SQLAlchemy's "begin" event, not the sqlite3 module, decide how a transaction
+        # starts, so writers can say BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers never block the writer and the writer never blocks readers, so the
+        # API answers while a worker writes loss rows.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across application crashes in WAL mode; only an OS crash can
+        # lose the last commits, and it never corrupts the file.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        # SQLite ignores foreign keys unless asked, per connection.
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # Wait for a lock held by another process instead of failing at once.
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # noqa: ANN001
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
+    """An engine for `url`, with the SQLite settings above when it is SQLite."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": busy_timeout})
+        _configure_sqlite(engine, busy_timeout)
+        return engine
+    # pool_pre_ping: a worker idle for hours must not fail on a connection the server closed.
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """One engine and its two kinds of session: read and write."""
+
+    def __init__(self, url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+        self.url = url
+        self.engine = make_engine(url, busy_timeout=busy_timeout)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        writer = self.engine.execution_options(sqlite_immediate=True)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session whose transaction commits when the block succeeds."""
+        factory = self._write if write else self._read
+        with factory() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

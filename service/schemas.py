@@ -1,0 +1,270 @@
+"""Pydantic v2 schemas: what the API accepts and returns.
+
+No ORM and no TensorFlow here: the worker reads `JobSpec` back from the stored JSON,
+so this module is the contract between the API and the worker.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Bounds a job must stay within. They keep one job from exhausting a worker's memory
+# or running for days, and they are listed in the README.
+MAX_EPOCHS = 100
+MAX_BATCH_SIZE = 60_000
+MAX_LAYERS = 8
+MAX_UNITS = 4_096
+MAX_PARAMETERS = 20_000_000
+MAX_LEARNING_RATE = 10.0
+INPUT_SIZE = 784
+NUM_CLASSES = 10
+
+
+class Strict(BaseModel):
+    """Base for request bodies: unknown fields and NaN/Inf are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Activation(StrEnum):
+    relu = "relu"
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    softmax = "softmax"
+    linear = "linear"
+
+
+class Implementation(StrEnum):
+    naive = "naive"  # the book's NaiveDense / NaiveSequential on plain tf.Variables
+    keras = "keras"  # keras.layers.Dense
+
+
+class OptimizerName(StrEnum):
+    manual_sgd = "manual_sgd"  # the book's update_weights: w.assign_sub(g * lr)
+    sgd = "sgd"
+    momentum = "momentum"
+    rmsprop = "rmsprop"
+    adam = "adam"
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+
+
+class LayerSpec(Strict):
+    units: int = Field(ge=1, le=MAX_UNITS)
+    activation: Activation = Activation.relu
+
+
+def _default_layers() -> list[LayerSpec]:
+    return [
+        LayerSpec(units=512, activation=Activation.relu),
+        LayerSpec(units=NUM_CLASSES, activation=Activation.softmax),
+    ]
+
+
+class ModelSpec(Strict):
+    implementation: Implementation = Implementation.keras
+    layers: list[LayerSpec] = Field(
+        default_factory=_default_layers, min_length=1, max_length=MAX_LAYERS
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _last_layer_is_the_digits(cls, layers: list[LayerSpec]) -> list[LayerSpec]:
+        if layers[-1].units != NUM_CLASSES:
+            raise ValueError(
+                f"the last layer must have {NUM_CLASSES} units (one per digit), "
+                f"got {layers[-1].units}"
+            )
+        params = parameter_count(layers)
+        if params > MAX_PARAMETERS:
+            raise ValueError(
+                f"the model has {params:,} parameters, more than the {MAX_PARAMETERS:,} allowed"
+            )
+        return layers
+
+
+def parameter_count(layers: list[LayerSpec]) -> int:
+    """Weights plus biases of a stack of dense layers on 784 inputs."""
+    total, fan_in = 0, INPUT_SIZE
+    for layer in layers:
+        total += fan_in * layer.units + layer.units
+        fan_in = layer.units
+    return total
+
+
+class OptimizerSpec(Strict):
+    name: OptimizerName = OptimizerName.rmsprop
+    learning_rate: float = Field(default=0.001, gt=0, le=MAX_LEARNING_RATE)
+    momentum: float | None = Field(
+        default=None, ge=0, lt=1, description="Only for `momentum`; defaults to 0.9 there."
+    )
+
+    @model_validator(mode="after")
+    def _momentum_only_for_momentum(self) -> OptimizerSpec:
+        if self.name is OptimizerName.momentum:
+            if self.momentum is None:
+                self.momentum = 0.9
+        elif self.momentum is not None:
+            raise ValueError(f"momentum applies only to the 'momentum' optimizer, not '{self.name}'")
+        return self
+
+
+class DatasetSpec(Strict):
+    name: Literal["mnist"] = "mnist"
+    train_limit: int | None = Field(default=None, ge=1, le=60_000)
+    test_limit: int | None = Field(default=None, ge=1, le=10_000)
+
+
+class JobSpec(Strict):
+    """A training job. Every field is optional; the defaults are the book's first example."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    epochs: int = Field(default=5, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class Progress(BaseModel):
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int | None
+    fraction: float
+
+
+class JobRead(BaseModel):
+    id: int
+    state: JobState
+    spec: JobSpec
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    loss: float | None
+    test_accuracy: float | None
+    error: str | None
+    cancel_requested: bool = Field(
+        description="a cancel was asked while running; the job stops within a second"
+    )
+    samples_per_second: float | None = Field(
+        default=None, description="training throughput while running"
+    )
+    eta_seconds: float | None = Field(
+        default=None, description="estimated seconds of training left, while running"
+    )
+    queue_position: int | None = Field(
+        default=None, description="1 for the next job a free worker takes, while queued"
+    )
+
+
+class JobsRead(BaseModel):
+    items: list[JobRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricRead(BaseModel):
+    step: int
+    epoch: int
+    batch: int
+    loss: float | None = Field(description="null when the loss was not finite")
+    accuracy: float | None
+    time: float = Field(description="seconds since the job started training")
+
+
+class MetricPage(BaseModel):
+    items: list[MetricRead]
+    next_after_step: int = Field(
+        description="pass as after_step to get the rows after these; unchanged when none are new"
+    )
+
+
+class MetricBucket(BaseModel):
+    """Consecutive steps folded into one point, for plotting long runs."""
+
+    step: int = Field(description="the bucket's first step")
+    step_end: int = Field(description="the bucket's last step")
+    epoch: int
+    loss: float | None = Field(description="mean loss over the bucket")
+    loss_min: float | None
+    loss_max: float | None
+    accuracy: float | None = Field(description="mean batch accuracy over the bucket")
+    time: float = Field(description="seconds since the job started, at the bucket's end")
+
+
+class MetricSummary(BaseModel):
+    """The loss curve in at most `max_points` buckets; exact (one step each) when shorter."""
+
+    items: list[MetricBucket]
+    bucket_size: int
+    total_steps: int
+
+
+class EpochRead(BaseModel):
+    epoch: int
+    train_loss: float | None
+    train_accuracy: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    seconds: float
+
+
+# An instance is 784 pixel values in [0, 1], flat or as 28 rows of 28.
+Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+FlatImage = Annotated[list[Pixel], Field(min_length=INPUT_SIZE, max_length=INPUT_SIZE)]
+Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
+GridImage = Annotated[list[Row], Field(min_length=28, max_length=28)]
+
+
+class PredictRequest(Strict):
+    instances: list[FlatImage | GridImage] = Field(min_length=1, max_length=1_000)
+
+
+class Prediction(BaseModel):
+    digit: int
+    probabilities: list[float]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: a non-finite loss is stored and served as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+class ExplainedPrediction(Prediction):
+    image: list[list[float]] | None = Field(
+        default=None,
+        description="an uploaded image as the model saw it, 28 rows of 28 (with ?explain=1)",
+    )
+
+
+class ExplainedPredictResponse(BaseModel):
+    """A prediction per instance, or one for an uploaded image."""
+
+    predictions: list[ExplainedPrediction]

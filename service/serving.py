@@ -1,0 +1,207 @@
+"""Which trained model a name means: a job id, or the aliases `latest` and `best`.
+
+Every succeeded job is servable under its id, and its version is that id. Aliases resolve at
+each request, so a job that finishes is served as `latest` (and maybe `best`) at once.
+The functions take a Session; `Catalog` is how the API uses them, a short session each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Row, bindparam, select
+from sqlalchemy.orm import Session
+
+from service import jobs
+from service.db import Database
+from service.files import write_atomically
+from service.inference import ModelStore, ModelUnavailable, model_path
+from service.models import Job
+from service.schemas import JobState
+
+LATEST = "latest"  # the newest succeeded job: the highest id, as TF Serving's latest version
+BEST = "best"  # the succeeded job with the highest test accuracy; the newer one on a tie
+ALIASES = (LATEST, BEST)
+_MAX_ID_DIGITS = 18  # a larger number is no job id, and would overflow the integer column
+
+
+class ModelNotFound(LookupError):
+    """No model answers to this name (or this version of it)."""
+
+
+class ModelNotReady(ModelUnavailable):
+    """The job exists but has no trained model: queued, running, failed or cancelled."""
+
+    def __init__(self, job_id: int, state: str, error: str | None) -> None:
+        what = {
+            "queued": "is queued",
+            "running": "is still running",
+            "failed": f"failed ({error})" if error else "failed",
+            "cancelled": "was cancelled",
+        }.get(state, f"is {state}")
+        super().__init__(f"job {job_id} {what}: it has no trained model")
+        self.job_id = job_id
+        self.state = JobState(state)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A job as a model: the name it was asked by, and its job (its version)."""
+
+    name: str
+    job_id: int
+    state: JobState
+    error: str | None
+
+    @property
+    def version(self) -> str:
+        return str(self.job_id)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is JobState.succeeded
+
+
+def find_model(*, session: Session, name: str, version: str | None = None) -> ModelRef:
+    """The job `name` means, whatever its state; ModelNotFound when none (or not `version`)."""
+    row = _lookup(session, name)
+    if row is None:
+        if name in ALIASES:
+            raise ModelNotFound(f"no job has succeeded yet, so '{name}' names no model")
+        raise ModelNotFound(f"model '{name}' not found: a name is a job id, latest or best")
+    return _check_version(_ref(name, row), version)
+
+
+def resolve(*, session: Session, name: str, version: str | None = None) -> ModelRef:
+    """The servable model `name` means; ModelNotFound, or ModelNotReady when not trained."""
+    ref = find_model(session=session, name=name, version=version)
+    if not ref.ready:
+        raise ModelNotReady(ref.job_id, ref.state, ref.error)
+    return ref
+
+
+def servable_names(*, session: Session, limit: int = 1_000) -> list[str]:
+    """The ids of succeeded jobs, newest first, then the aliases when any job has succeeded."""
+    ids: Sequence[int] = session.scalars(
+        select(Job.id)
+        .where(Job.state == JobState.succeeded)
+        .order_by(Job.id.desc())
+        .limit(limit)
+    ).all()
+    return [str(job_id) for job_id in ids] + (list(ALIASES) if ids else [])
+
+
+def database_ready(*, session: Session) -> bool:
+    """True when the database answers: the server can resolve names and serve."""
+    return session.scalar(select(1)) == 1
+
+
+# Built once: constructing a statement costs more than running it on SQLite. Core columns,
+# not ORM attributes, skip the ORM's compile step for a three-column read.
+_JOBS = Job.__table__.c
+_COLUMNS = select(_JOBS.id, _JOBS.state, _JOBS.error)
+_SUCCEEDED = _COLUMNS.where(_JOBS.state == JobState.succeeded.value)
+_BY_ID = _COLUMNS.where(_JOBS.id == bindparam("job_id"))
+_BY_ALIAS = {
+    LATEST: _SUCCEEDED.order_by(_JOBS.id.desc()).limit(1),
+    BEST: _SUCCEEDED.order_by(_JOBS.test_accuracy.desc().nulls_last(), _JOBS.id.desc()).limit(1),
+}
+
+
+def _lookup(session: Session, name: str) -> Row[tuple[int, str, str | None]] | None:
+    if name in _BY_ALIAS:
+        return session.execute(_BY_ALIAS[name]).first()
+    job_id = _job_id(name)
+    return session.execute(_BY_ID, {"job_id": job_id}).first() if job_id is not None else None
+
+
+def _ref(name: str, row: Row[tuple[int, str, str | None]]) -> ModelRef:
+    return ModelRef(name=name, job_id=row.id, state=JobState(row.state), error=row.error)
+
+
+def _check_version(ref: ModelRef, version: str | None) -> ModelRef:
+    if version is not None and version != ref.version:
+        raise ModelNotFound(
+            f"model '{ref.name}' has no version '{version}'; its version is {ref.version}"
+        )
+    return ref
+
+
+def _job_id(name: str) -> int | None:
+    if name.isascii() and name.isdecimal() and len(name) <= _MAX_ID_DIGITS:
+        return int(name)
+    return None
+
+
+class Catalog:
+    """The models as the API serves them: each lookup in its own short read session, and the
+    ids of succeeded jobs remembered, so a prediction by job id costs no query (under load a
+    query costs more than the inference). That is safe because succeeded is a final state.
+    Aliases are looked up every time: they move whenever a job succeeds."""
+
+    _MAX_REMEMBERED = 100_000
+
+    def __init__(self, *, database: Database, store: ModelStore) -> None:
+        self.database = database
+        self.store = store
+        self._succeeded: set[int] = set()
+
+    def find(self, name: str, version: str | None = None) -> ModelRef:
+        """The job `name` means, in whatever state (see `find_model`)."""
+        with self.database.session() as session:
+            ref = find_model(session=session, name=name, version=version)
+        if ref.ready:
+            self._remember(ref.job_id)
+        return ref
+
+    def resolve(self, name: str, version: str | None = None) -> ModelRef:
+        """The servable model `name` means (see `resolve`)."""
+        job_id = _job_id(name)
+        if job_id is not None and job_id in self._succeeded:
+            ref = ModelRef(name=name, job_id=job_id, state=JobState.succeeded, error=None)
+            return _check_version(ref, version)
+        ref = self.find(name, version)
+        if not ref.ready:
+            raise ModelNotReady(ref.job_id, ref.state, ref.error)
+        return ref
+
+    def predict(self, ref: ModelRef, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 10) from the model's LiteRT interpreter."""
+        self._fetch(ref.job_id)
+        return self.store.predict(ref.job_id, images)
+
+    def artifact(self, ref: ModelRef) -> Path:
+        """The model's .tflite file."""
+        self._fetch(ref.job_id)
+        return self.store.artifact(ref.job_id)
+
+    def _fetch(self, job_id: int) -> None:
+        """Copy the model from the database when this machine has no file for it: the worker
+        that trained it may share nothing but the database with this API."""
+        path = model_path(self.store.models_dir, job_id)
+        if path.is_file():
+            return
+        with self.database.session() as session:
+            artifact = jobs.model_artifact(session=session, job_id=job_id)
+            content = artifact.content if artifact is not None else None
+        if content is not None:
+            write_atomically(path, content)
+
+    def names(self) -> list[str]:
+        """See `servable_names`."""
+        with self.database.session() as session:
+            return servable_names(session=session)
+
+    def database_ready(self) -> bool:
+        """See `database_ready`."""
+        with self.database.session() as session:
+            return database_ready(session=session)
+
+    def _remember(self, job_id: int) -> None:
+        if len(self._succeeded) >= self._MAX_REMEMBERED:
+            self._succeeded.clear()  # crude but bounded; the next lookups refill it
+        self._succeeded.add(job_id)

@@ -1,0 +1,138 @@
+// The jobs page: a form to start a job, and the jobs with their live state and progress.
+
+import { api } from "./api.js";
+import { FINAL, ago, badge, describeModel, describeTraining, fixed, h, parseLayers, percent } from "./ui.js";
+
+const OPTIMIZERS = ["rmsprop", "adam", "sgd", "momentum", "manual_sgd"];
+const REFRESH_MS = 1500;
+
+function field(label, input, hint) {
+  return h("label", { class: "field" }, h("span", { class: "field-label" }, label), input,
+    hint ? h("span", { class: "field-hint" }, hint) : null);
+}
+
+function form() {
+  const inputs = {
+    layers: h("input", { name: "layers", value: "512, 10", autocomplete: "off", spellcheck: "false" }),
+    implementation: h("select", { name: "implementation" },
+      h("option", { value: "keras" }, "Keras Dense"), h("option", { value: "naive" }, "NaiveDense (from scratch)")),
+    optimizer: h("select", { name: "optimizer" }, OPTIMIZERS.map((o) => h("option", { value: o }, o))),
+    learning_rate: h("input", { name: "learning_rate", type: "number", value: "0.001", step: "any", min: "0" }),
+    epochs: h("input", { name: "epochs", type: "number", value: "5", min: "1", max: "100" }),
+    batch_size: h("input", { name: "batch_size", type: "number", value: "128", min: "1" }),
+    train_limit: h("input", { name: "train_limit", type: "number", min: "1", placeholder: "all" }),
+  };
+  const error = h("div", { class: "error", hidden: true });
+  const button = h("button", { class: "button primary", type: "submit" }, "Start training");
+
+  async function submit(event) {
+    event.preventDefault();
+    error.hidden = true;
+    let spec;
+    try {
+      spec = {
+        model: { implementation: inputs.implementation.value, layers: parseLayers(inputs.layers.value) },
+        optimizer: { name: inputs.optimizer.value, learning_rate: Number(inputs.learning_rate.value) },
+        epochs: Number(inputs.epochs.value),
+        batch_size: Number(inputs.batch_size.value),
+        dataset: { train_limit: inputs.train_limit.value ? Number(inputs.train_limit.value) : null },
+      };
+    } catch (e) {
+      error.textContent = e.message;
+      error.hidden = false;
+      return;
+    }
+    button.disabled = true;
+    try {
+      const job = await api("/jobs", { method: "POST", json: spec });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (e) {
+      error.textContent = e.message;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  return h("form", { class: "card job-form", onsubmit: submit, novalidate: true },
+    h("div", { class: "card-head" }, h("h2", {}, "New training job")),
+    h("p", { class: "muted small" }, "MNIST, trained batch by batch with GradientTape. Every field has the book's default."),
+    field("Layers", inputs.layers, "units per layer; the last is the 10 digits"),
+    field("Implementation", inputs.implementation),
+    h("div", { class: "row" }, field("Optimizer", inputs.optimizer), field("Learning rate", inputs.learning_rate)),
+    h("div", { class: "row" }, field("Epochs", inputs.epochs), field("Batch size", inputs.batch_size)),
+    field("Training images", inputs.train_limit, "the first N of 60,000; empty: all"),
+    error,
+    button);
+}
+
+function progressCell(job) {
+  const p = job.progress;
+  const fraction = job.state === "succeeded" ? 1 : p.fraction;
+  const label = job.state === "queued"
+    ? (job.queue_position ? `#${job.queue_position} in queue` : "queued")
+    : job.state === "running" ? `epoch ${Math.min(p.epoch + 1, p.epochs)}/${p.epochs}` : `${p.epochs} epoch${p.epochs === 1 ? "" : "s"}`;
+  return h("td", { class: "progress-cell" },
+    h("div", { class: `meter ${job.state}` }, h("div", { style: `width: ${(fraction * 100).toFixed(1)}%` })),
+    h("span", { class: "muted small" }, label));
+}
+
+function row(job, refresh) {
+  const open = () => { location.hash = `#/jobs/${job.id}`; };
+  const cancel = async (event) => {
+    event.stopPropagation();
+    event.target.disabled = true;
+    try {
+      await api(`/jobs/${job.id}/cancel`, { method: "POST" });
+    } finally {
+      refresh();
+    }
+  };
+  return h("tr", { class: "job-row", dataset: { id: job.id, state: job.state }, onclick: open },
+    h("td", { class: "num" }, h("a", { href: `#/jobs/${job.id}` }, `#${job.id}`)),
+    h("td", {}, badge(job)),
+    h("td", { class: "model" }, h("div", {}, describeModel(job.spec)), h("div", { class: "muted small" }, describeTraining(job.spec))),
+    progressCell(job),
+    h("td", { class: "num" }, fixed(job.loss)),
+    h("td", { class: "num" }, percent(job.test_accuracy)),
+    h("td", { class: "muted small when" }, ago(job.created_at)),
+    h("td", { class: "actions" }, FINAL.includes(job.state) || job.cancel_requested
+      ? null : h("button", { class: "button small danger", type: "button", onclick: cancel }, "Cancel")));
+}
+
+export function jobsView(signal) {
+  const body = h("tbody");
+  const total = h("span", { class: "muted" });
+  const error = h("div", { class: "error", hidden: true });
+  const empty = h("div", { class: "empty", hidden: true }, "No jobs yet. Start one with the form.");
+  const headings = ["Job", "State", "Model", "Progress", "Loss", "Test acc.", "Created", ""];
+  const table = h("table", { class: "jobs", hidden: true },
+    h("thead", {}, h("tr", {}, headings.map((t) => h("th", { class: t === "Created" ? "when" : null }, t)))),
+    body);
+
+  let timer = 0;
+  async function refresh() {
+    clearTimeout(timer);
+    try {
+      const page = await api("/jobs?limit=50", { signal });
+      body.replaceChildren(...page.items.map((job) => row(job, refresh)));
+      total.textContent = page.total ? `${page.total} in all` : "";
+      empty.hidden = page.items.length > 0;
+      table.hidden = page.items.length === 0;
+      error.hidden = true;
+    } catch (e) {
+      if (signal.aborted) return;
+      error.textContent = e.message;
+      error.hidden = false;
+    }
+    if (!signal.aborted) timer = setTimeout(refresh, REFRESH_MS);
+  }
+  signal.addEventListener("abort", () => clearTimeout(timer));
+  refresh();
+
+  return h("div", { class: "layout jobs-layout" },
+    form(),
+    h("section", { class: "card" },
+      h("div", { class: "card-head" }, h("h2", {}, "Jobs"), total),
+      error, empty, h("div", { class: "table-wrap" }, table)));
+}

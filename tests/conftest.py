@@ -1,0 +1,96 @@
+"""Fixtures: settings on a temporary data dir, a migrated database, an API client.
+
+The `settings` fixture (and so `database` and `client`) runs each test twice: on a SQLite
+file and on the PostgreSQL server at 127.0.0.1:5432 (TAPEFIT_TEST_POSTGRES_URL to point
+elsewhere), in a scratch database made for this test session and emptied between tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.api.app import create_app
+from service.config import Settings
+from service.db import Database
+from service.migrate import upgrade
+
+SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
+
+# A job small enough to train in a couple of seconds on the committed sample.
+TINY_SPEC = {
+    "model": {"layers": [{"units": 32, "activation": "relu"}, {"units": 10, "activation": "softmax"}]},
+    "epochs": 1,
+    "batch_size": 100,
+    "dataset": {"train_limit": 500, "test_limit": 200},
+}
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings for a test: its own data dir, the committed sample, quick polling."""
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "database_url": None,
+        "mnist_path": SAMPLE,
+        "poll_interval": 0.05,
+        "flush_interval": 0.2,
+    }
+    return Settings(**{**values, **overrides})
+
+
+POSTGRES_URL = os.environ.get(
+    "TAPEFIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated scratch database on the PostgreSQL server, dropped after the session."""
+    server = make_url(POSTGRES_URL)
+    name = f"tapefit_test_{os.getpid()}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def empty_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, metrics, epochs RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return make_settings(tmp_path / "data")
+    url = request.getfixturevalue("postgres_url")
+    empty_postgres(url)
+    return make_settings(tmp_path / "data", database_url=url)
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    upgrade(settings.sqlalchemy_url)
+    database = Database(settings.sqlalchemy_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def client(settings: Settings, database: Database) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client

@@ -1,0 +1,51 @@
+"""Workers across machines: four `tapefit worker` processes share one PostgreSQL queue
+(SELECT ... FOR UPDATE SKIP LOCKED) and no disk with the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.schemas import JobState
+from tests.conftest import empty_postgres, make_settings
+from tests.e2e.cluster import Cluster
+
+SMALL = {"epochs": 1, "batch_size": 50, "dataset": {"train_limit": 300, "test_limit": 100},
+         "model": {"layers": [{"units": 16}, {"units": 10, "activation": "softmax"}]}}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    empty_postgres(postgres_url)
+    cluster = Cluster(tmp_path, database_url=postgres_url, lease_timeout=30)
+    yield cluster
+    cluster.close()
+
+
+def test_four_workers_run_twenty_jobs_each_exactly_once(cluster: Cluster) -> None:
+    ids = [cluster.submit({**SMALL, "seed": n}) for n in range(20)]
+    for _ in range(4):
+        cluster.start_worker()
+    for job_id in ids:
+        job = cluster.wait_final(job_id, timeout=180)
+        assert job.state == JobState.succeeded, job.error
+        # Claimed once, never requeued, every batch recorded once.
+        assert (job.lease_epoch, job.attempts) == (1, 1)
+        assert cluster.steps(job_id) == list(range(6))
+    logs = [cluster.log(i) for i in range(4)]
+    claims = sum(log.count(": claimed") for log in logs)
+    assert claims == 20
+    assert sum(1 for log in logs if ": claimed" in log) >= 2  # the work was shared
+
+    # An API on "another machine": its own empty data dir, only the database in common.
+    elsewhere = make_settings(cluster.tmp_path / "api-machine",
+                              database_url=cluster.settings.sqlalchemy_url)
+    with TestClient(create_app(elsewhere)) as api:
+        response = api.post(f"/jobs/{ids[0]}/predict", json={"instances": [[0.0] * 784]})
+        assert response.status_code == 200, response.text
+        assert len(response.json()["predictions"][0]["probabilities"]) == 10
+        assert api.get("/jobs/best/model").content[4:8] == b"TFL3"  # a TFLite flatbuffer

@@ -1,0 +1,151 @@
+"""End to end: the real `tapefit serve` with its worker subprocess, on a free port."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE
+
+TAPEFIT = str(Path(sys.executable).parent / "tapefit")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[httpx.Client]:
+    with run_server(tmp_path, workers=1) as client:
+        yield client
+
+
+@contextmanager
+def run_server(tmp_path: Path, *, workers: int) -> Iterator[httpx.Client]:
+    """`tapefit serve` on a free port with `workers` workers, stopped with Ctrl-C after."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "TAPEFIT_DATA_DIR": str(tmp_path / "data"),
+        "TAPEFIT_MNIST_PATH": str(SAMPLE),
+        "TAPEFIT_DATABASE_URL": "",
+    }
+    env.pop("TAPEFIT_DATABASE_URL")
+    with (tmp_path / "serve.log").open("w") as log:
+        process = subprocess.Popen(
+            [TAPEFIT, "serve", "--port", str(port), "--workers", str(workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+    def healthy() -> bool:
+        try:
+            return client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            return False
+
+    try:
+        wait_until(healthy, 30, "the API to answer")
+        yield client
+    finally:
+        client.close()
+        # Ctrl-C: the API stops and takes its workers with it.
+        process.send_signal(signal.SIGINT)
+        exit_code = process.wait(timeout=40)
+    assert exit_code == 0, (tmp_path / "serve.log").read_text()
+    assert "worker" in (tmp_path / "serve.log").read_text()
+
+
+def test_submit_train_poll_and_predict(server: httpx.Client) -> None:
+    response = server.post("/jobs", json={"epochs": 1, "batch_size": 32})
+    assert response.status_code == 201
+    job_id = response.json()["id"]
+
+    def finished() -> dict | None:
+        job = server.get(f"/jobs/{job_id}").json()
+        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+    job = wait_until(finished, 180, f"job {job_id} to finish")
+    assert job["state"] == "succeeded", job["error"]
+    assert job["progress"]["fraction"] == 1.0
+
+    metrics = server.get(f"/jobs/{job_id}/metrics", params={"limit": 10_000}).json()["items"]
+    assert [m["step"] for m in metrics] == list(range(math.ceil(2000 / 32)))
+
+    sample = np.load(SAMPLE)
+    instances = (sample["x_test"].astype(np.float32) / 255).reshape(-1, 784)
+    predictions = server.post(
+        f"/jobs/{job_id}/predict", json={"instances": instances.tolist()[:500]}
+    ).json()["predictions"]
+    accuracy = np.mean([p["digit"] for p in predictions] == sample["y_test"][:500])
+    assert accuracy > 0.8
+    assert job["test_accuracy"] == pytest.approx(accuracy, abs=0.01)
+
+
+def test_concurrent_submissions_while_workers_write(tmp_path: Path) -> None:
+    with run_server(tmp_path, workers=2) as client:
+        submit_and_check(client)
+
+
+def submit_and_check(client: httpx.Client) -> None:
+    # Two long jobs first, one per worker: their loss rows are written all through the burst.
+    long = {"epochs": 3, "batch_size": 8, "dataset": {"train_limit": 2000, "test_limit": 100},
+            "model": {"layers": [{"units": 64}, {"units": 10, "activation": "softmax"}]}}
+    busy = [client.post("/jobs", json={**long, "seed": n}).json()["id"] for n in (1, 2)]
+
+    def training() -> bool:
+        return all(client.get(f"/jobs/{i}").json()["progress"]["step"] > 0 for i in busy)
+
+    wait_until(training, 60, "both workers to be training")
+    rows_before = sum(client.get(f"/jobs/{i}").json()["progress"]["step"] for i in busy)
+
+    tiny = {"epochs": 1, "batch_size": 10, "dataset": {"train_limit": 100, "test_limit": 50},
+            "model": {"layers": [{"units": 16}, {"units": 10, "activation": "softmax"}]}}
+    statuses: list[int] = []
+    ids: list[int] = []
+
+    def submit_ten(n: int) -> None:
+        with httpx.Client(base_url=client.base_url, timeout=30) as own:
+            for i in range(10):
+                response = own.post("/jobs", json={**tiny, "seed": n * 10 + i})
+                statuses.append(response.status_code)
+                ids.append(response.json()["id"])
+
+    threads = [threading.Thread(target=submit_ten, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [201] * 200
+    assert len(set(ids)) == 200
+    assert client.get("/jobs", params={"limit": 1}).json()["total"] == 202
+    # The workers went on writing loss rows during the burst, and nothing failed.
+    rows_after = sum(client.get(f"/jobs/{i}").json()["progress"]["step"] for i in busy)
+    assert rows_after > rows_before
+    assert client.get("/jobs", params={"state": "failed"}).json()["total"] == 0

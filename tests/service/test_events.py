@@ -1,0 +1,364 @@
+"""The live event stream, GET /jobs/{id}/events, against a real HTTP server in this process.
+
+A stand-in worker writes a job's history with the worker's own service.jobs calls, in groups
+as the real one does, so the stream is tested on exactly the rows and transactions it polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from service import events, jobs
+from service.api.app import create_app
+from service.client import Event, parse_sse
+from service.config import Settings
+from service.db import Database
+from service.schemas import EpochRead, JobSpec
+from tests.e2e.test_serve import free_port
+
+EPOCHS, BATCHES = 3, 4  # 12 steps; epoch e ends at step 4e + 3
+STEPS = EPOCHS * BATCHES
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[httpx.Client]:
+    """`app` under uvicorn on a free port, in a thread; an httpx client of it."""
+    # Uvicorn binds the port itself: a socket handed to it would lack TCP_NODELAY, and every
+    # keep-alive request would wait out a delayed ACK.
+    port = free_port()
+    config = uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class FakeWorker:
+    """Writes a job's history as the worker does: rows in groups, epochs, an end state."""
+
+    def __init__(self, database: Database, job_id: int | None = None) -> None:
+        self.database = database
+        if job_id is None:
+            with database.session(write=True) as session:
+                spec = JobSpec(epochs=EPOCHS, batch_size=10)
+                job_id = jobs.submit_job(session=session, spec=spec).id
+        self.job_id = job_id
+        self.lease: jobs.Lease | None = None
+
+    def claim(self) -> None:
+        with self.database.session(write=True) as session:
+            self.lease = jobs.claim_job(session=session, worker_id="fake")
+            assert self.lease is not None and self.lease.job_id == self.job_id
+            jobs.start_job(session=session, lease=self.lease, total_steps=STEPS)
+
+    def rows(self, first: int, last: int) -> None:
+        """Batches first..last in one write."""
+        rows = [
+            {"step": s, "epoch": s // BATCHES, "batch": s % BATCHES, "loss": 2.0 / (s + 1),
+             "accuracy": 0.5, "time": s * 0.01}
+            for s in range(first, last + 1)
+        ]
+        with self.database.session(write=True) as session:
+            jobs.record_progress(session=session, lease=self.lease, rows=rows, steps_per_second=50)
+
+    def epoch(self, epoch: int) -> None:
+        summary = EpochRead(epoch=epoch, train_loss=0.5, train_accuracy=0.8, test_loss=0.4,
+                            test_accuracy=0.9 + epoch / 100, seconds=1.0)
+        with self.database.session(write=True) as session:
+            jobs.record_epoch(session=session, lease=self.lease, summary=summary)
+
+    def finish(self) -> None:
+        with self.database.session(write=True) as session:
+            jobs.finish_job(session=session, lease=self.lease, test_loss=0.3, test_accuracy=0.93,
+                            model=b"tflite")
+
+    def run(self, *, group: int = 3, pause: float = 0.0) -> None:
+        """The whole job: each epoch's rows in groups of `group`, then its summary."""
+        self.claim()
+        for epoch in range(EPOCHS):
+            end = (epoch + 1) * BATCHES
+            for first in range(epoch * BATCHES, end, group):
+                time.sleep(pause)
+                self.rows(first, min(first + group, end) - 1)
+            self.epoch(epoch)
+        self.finish()
+
+
+def read_stream(
+    client: httpx.Client,
+    job_id: int,
+    last_event_id: str | None = None,
+    *,
+    stop_after: int | None = None,
+) -> tuple[list[Event], bool]:
+    """The events of one connection, and whether the server ended the stream (False when
+    we hung up after `stop_after` batch events)."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    seen: list[Event] = []
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for event in parse_sse(response.iter_lines()):
+            seen.append(event)
+            batches = sum(e.type == "batch" for e in seen)
+            if stop_after is not None and batches >= stop_after:
+                return seen, False
+    return seen, True
+
+
+def history(events_: list[Event]) -> list[tuple[str, int]]:
+    """The batch and epoch events as (type, step or epoch number)."""
+    return [
+        (e.type, e.data["step"] if e.type == "batch" else e.data["epoch"])
+        for e in events_
+        if e.type in ("batch", "epoch")
+    ]
+
+
+FULL = [
+    item
+    for epoch in range(EPOCHS)
+    for item in [("batch", s) for s in range(epoch * BATCHES, (epoch + 1) * BATCHES)]
+    + [("epoch", epoch)]
+]
+
+
+@pytest.fixture
+def app(settings: Settings, database: Database) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def server(app: FastAPI) -> Iterator[httpx.Client]:
+    with live_server(app) as client:
+        yield client
+
+
+def test_a_finished_job_sends_its_backlog_then_the_final_state_and_ends(
+    server: httpx.Client, database: Database
+) -> None:
+    worker = FakeWorker(database)
+    worker.run()
+    seen, ended = read_stream(server, worker.job_id)
+    assert ended
+    assert history(seen) == FULL
+    assert [e.type for e in seen].count("state") == 1
+    assert seen[-1].type == "state" and seen[-1].data["state"] == "succeeded"
+    assert seen[-1].data["test_accuracy"] == 0.93
+    # Batch ids are steps; an epoch's id is its last step and "e".
+    assert [e.id for e in seen if e.type == "epoch"] == ["3e", "7e", "11e"]
+    assert seen[0].data == {"step": 0, "epoch": 0, "batch": 0, "loss": 2.0, "accuracy": 0.5,
+                            "time": 0.0}
+
+
+def test_a_reconnect_after_any_event_misses_nothing_and_repeats_nothing(
+    server: httpx.Client, database: Database
+) -> None:
+    worker = FakeWorker(database)
+    worker.run()
+    full, _ = read_stream(server, worker.job_id)
+    with_ids = [e for e in full if e.type in ("batch", "epoch")]
+    for cut in range(len(with_ids)):
+        before = with_ids[: cut + 1]
+        after, ended = read_stream(server, worker.job_id, before[-1].id)
+        assert ended
+        assert history(before) + history(after) == FULL, f"resumed after {before[-1].id}"
+        assert after[-1].data["state"] == "succeeded"
+
+
+def test_the_query_parameter_resumes_too(server: httpx.Client, database: Database) -> None:
+    worker = FakeWorker(database)
+    worker.run()
+    response = server.get(f"/jobs/{worker.job_id}/events", params={"last_event_id": "9"})
+    assert history(list(parse_sse(response.text.splitlines()))) == FULL[-3:]
+
+
+def test_live_points_arrive_in_order_across_a_reconnect(
+    server: httpx.Client, database: Database
+) -> None:
+    worker = FakeWorker(database)
+    writer = threading.Thread(target=worker.run, kwargs={"group": 2, "pause": 0.15})
+    writer.start()
+    try:
+        first, ended = read_stream(server, worker.job_id, stop_after=5)
+        assert not ended
+        assert first[0].type == "state" and first[0].data["state"] in ("queued", "running")
+        last_id = [e.id for e in first if e.id][-1]
+        second, ended = read_stream(server, worker.job_id, last_id)
+    finally:
+        writer.join()
+    assert ended
+    assert history(first) + history(second) == FULL
+    assert second[-1].type == "state" and second[-1].data["state"] == "succeeded"
+    # The reconnect sends the current state once, then what comes after the id, then the end.
+    assert [e.data["state"] for e in second if e.type == "state"][-1] == "succeeded"
+    progress = [e.data for e in first + second if e.type == "progress"]
+    assert progress and progress[-1]["total_steps"] == STEPS
+    assert all(p["samples_per_second"] == 500 for p in progress)
+
+
+def test_other_requests_stay_fast_while_streams_are_open(
+    server: httpx.Client, database: Database
+) -> None:
+    worker = FakeWorker(database)
+    results: list[list[tuple[str, int]]] = []
+
+    def watch() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=20) as own:
+            results.append(history(read_stream(own, worker.job_id)[0]))
+
+    watchers = [threading.Thread(target=watch) for _ in range(6)]
+    for thread in watchers:
+        thread.start()
+    writer = threading.Thread(target=worker.run, kwargs={"group": 1, "pause": 0.2})
+    writer.start()
+    # Not a timing threshold (the machine is shared): the other requests must be answered
+    # while all six streams are still open and the job still training, not after.
+    answered_meanwhile = 0
+    try:
+        while writer.is_alive() and answered_meanwhile < 20:
+            assert server.get(f"/jobs/{worker.job_id}").status_code == 200
+            assert server.get("/jobs").status_code == 200
+            if writer.is_alive() and all(thread.is_alive() for thread in watchers):
+                answered_meanwhile += 1
+            time.sleep(0.05)
+    finally:
+        writer.join()
+        for thread in watchers:
+            thread.join(timeout=20)
+    assert results == [FULL] * 6
+    assert answered_meanwhile >= 5, f"only {answered_meanwhile} answered while streams were open"
+
+
+def test_streams_hold_no_connection_between_polls(
+    server: httpx.Client, database: Database, app: FastAPI
+) -> None:
+    """A waiting stream keeps no transaction (nor pooled connection) open: it reads in short
+    sessions. Sampled on the API's own engine while four streams wait on a queued job."""
+    worker = FakeWorker(database)
+    app_pool = app.state.database.engine.pool
+    stop = threading.Event()
+    opened = threading.Barrier(5)
+
+    def watch() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=20) as own:
+            with own.stream("GET", f"/jobs/{worker.job_id}/events") as response:
+                lines = response.iter_lines()
+                next(lines)  # the stream is open
+                opened.wait()
+                for _ in lines:
+                    if stop.is_set():
+                        return
+
+    watchers = [threading.Thread(target=watch) for _ in range(4)]
+    for thread in watchers:
+        thread.start()
+    opened.wait()
+    samples = []
+    for _ in range(40):
+        samples.append(app_pool.checkedout())
+        time.sleep(0.02)
+    stop.set()
+    worker.claim()  # wakes the streams with a state change, so they return
+    for thread in watchers:
+        thread.join(timeout=10)
+    assert samples.count(0) >= 30, samples
+
+
+def test_a_job_cancelled_while_queued_ends_the_stream(
+    server: httpx.Client, database: Database
+) -> None:
+    worker = FakeWorker(database)
+    with database.session(write=True) as session:
+        jobs.cancel_job(session=session, job_id=worker.job_id)
+    seen, ended = read_stream(server, worker.job_id)
+    assert ended
+    assert [(e.type, e.data["state"]) for e in seen] == [("state", "cancelled")]
+
+
+def test_an_unknown_job_is_404_and_a_bad_event_id_is_422(
+    server: httpx.Client, database: Database
+) -> None:
+    assert server.get("/jobs/999/events").status_code == 404
+    assert server.get("/jobs/abc/events").status_code == 404
+    worker = FakeWorker(database)
+    response = server.get(f"/jobs/{worker.job_id}/events", headers={"Last-Event-ID": "x7"})
+    assert response.status_code == 422
+    assert response.json()["message"].startswith("header.last_event_id: 'x7' is not an event id")
+    response = server.get(f"/jobs/{worker.job_id}/events", params={"last_event_id": "-3"})
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("text", "cursor"),
+    [(None, events.Cursor()), ("", events.Cursor()), ("-1", events.Cursor()),
+     ("0", events.Cursor(0)), ("41", events.Cursor(41)), ("41e", events.Cursor(41, True)),
+     (" 7 ", events.Cursor(7))],
+)
+def test_cursor_parsing(text: str | None, cursor: events.Cursor) -> None:
+    assert events.parse_cursor(text) == cursor
+    if text and text.strip() not in ("-1",):
+        assert events.parse_cursor(cursor.id) == cursor
+
+
+@pytest.mark.parametrize("text", ["e", "1.5", "-2", "41ee", "1" * 19, "abc"])
+def test_bad_cursors(text: str) -> None:
+    with pytest.raises(ValueError, match="not an event id"):
+        events.parse_cursor(text)
+
+
+def test_heartbeats_while_nothing_happens(database: Database) -> None:
+    worker = FakeWorker(database)
+
+    async def collect() -> list[str]:
+        first = events.load(database, job_id=worker.job_id, cursor=events.Cursor())
+        stream = events.stream(database, job_id=worker.job_id, cursor=events.Cursor(),
+                               first=first, poll_interval=0.02, heartbeat_interval=0.1)
+        chunks = []
+        deadline = time.monotonic() + 0.5
+        async for chunk in stream:
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                break
+        await stream.aclose()
+        return chunks
+
+    chunks = asyncio.run(collect())
+    assert chunks[0] == "retry: 2000\n\n"
+    assert chunks[1].startswith("event: state\n")
+    assert chunks[2:] and set(chunks[2:]) == {": keep-alive\n\n"}
+
+
+def test_a_long_backlog_goes_out_in_pages(database: Database) -> None:
+    worker = FakeWorker(database)
+    worker.run()
+    snapshot = events.load(database, job_id=worker.job_id, cursor=events.Cursor(), limit=5)
+    assert [b.step for b in snapshot.batches] == [0, 1, 2, 3, 4] and snapshot.more
+    assert [e.epoch for _, e in snapshot.epochs] == [0]  # epoch 1 ends after this page
+
+    async def collect() -> str:
+        stream = events.stream(database, job_id=worker.job_id, cursor=events.Cursor(),
+                               first=snapshot, limit=5, poll_interval=600)
+        return "".join([chunk async for chunk in stream])
+
+    # Any wait of a poll interval between pages would blow far past this.
+    text = asyncio.run(asyncio.wait_for(collect(), timeout=30))
+    assert history(list(parse_sse(text.splitlines(keepends=True)))) == FULL

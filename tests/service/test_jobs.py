@@ -1,0 +1,203 @@
+"""The queue and the job state machine, on a real migrated SQLite file."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from service import history, jobs
+from service.db import Database
+from service.jobs import JobConflict, Lease, LeaseLost
+from service.models import Metric
+from service.schemas import EpochRead, JobSpec, JobState
+
+
+def submit(database: Database, n: int = 1) -> list[int]:
+    with database.session(write=True) as session:
+        return [jobs.submit_job(session=session, spec=JobSpec()).id for _ in range(n)]
+
+
+def claim(database: Database, worker: str = "w1") -> Lease | None:
+    with database.session(write=True) as session:
+        return jobs.claim_job(session=session, worker_id=worker)
+
+
+def state_of(database: Database, job_id: int) -> str:
+    with database.session() as session:
+        return jobs.get_job(session=session, job_id=job_id).state
+
+
+def row(step: int, loss: float = 1.0) -> dict:
+    return {"step": step, "epoch": 0, "batch": step, "loss": loss, "accuracy": 0.5, "time": 0.1}
+
+
+def test_claim_takes_the_oldest_queued_job_and_none_when_empty(database: Database) -> None:
+    first, second = submit(database, 2)
+    lease = claim(database)
+    assert lease == Lease(job_id=first, worker_id="w1", token=1)
+    assert state_of(database, first) == JobState.running
+    assert claim(database).job_id == second
+    assert claim(database) is None
+
+
+def test_concurrent_claims_never_share_a_job(database: Database, settings) -> None:
+    ids = submit(database, 30)
+    claimed: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def worker(name: str) -> None:
+        # Each thread has its own engine and connections, like a separate process would.
+        own = Database(settings.sqlalchemy_url)
+        start.wait()
+        while (lease := claim(own, name)) is not None:
+            with lock:
+                claimed.append(lease.job_id)
+        own.dispose()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == ids
+
+
+def test_progress_is_written_in_groups_and_nan_is_stored_as_null(database: Database) -> None:
+    (job_id,) = submit(database)
+    lease = claim(database)
+    with database.session(write=True) as session:
+        jobs.start_job(session=session, lease=lease, total_steps=4)
+        cancel = jobs.record_progress(
+            session=session, lease=lease, rows=[row(0, 2.0), row(1, math.nan)]
+        )
+    assert cancel is False
+    with database.session() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        page = history.metrics_page(session=session, job_id=job_id, after_step=-1, limit=10)
+    assert (job.steps_done, job.total_steps) == (2, 4)
+    assert jobs.describe(job).progress.fraction == 0.5
+    assert [(m.step, m.loss) for m in page.items] == [(0, 2.0), (1, None)]
+    assert jobs.describe(job).loss is None
+
+
+def test_a_cancel_reaches_the_running_worker_through_its_next_write(database: Database) -> None:
+    (job_id,) = submit(database)
+    lease = claim(database)
+    with database.session(write=True) as session:
+        job = jobs.cancel_job(session=session, job_id=job_id)
+        assert (job.state, job.cancel_requested) == (JobState.running, True)
+    with database.session(write=True) as session:
+        assert jobs.record_progress(session=session, lease=lease, rows=[row(0)])
+        jobs.mark_cancelled(session=session, lease=lease)
+    assert state_of(database, job_id) == JobState.cancelled
+
+
+@pytest.mark.parametrize("end", ["finish", "fail", "cancel"])
+def test_final_states_cannot_be_cancelled(database: Database, end: str) -> None:
+    (job_id,) = submit(database)
+    lease = claim(database)
+    with database.session(write=True) as session:
+        if end == "finish":
+            jobs.finish_job(
+                session=session, lease=lease, test_loss=0.1, test_accuracy=0.9, model=b"m"
+            )
+        elif end == "fail":
+            jobs.fail_job(session=session, lease=lease, error="boom")
+        else:
+            jobs.mark_cancelled(session=session, lease=lease)
+    with database.session(write=True) as session, pytest.raises(JobConflict):
+        jobs.cancel_job(session=session, job_id=job_id)
+
+
+def test_a_released_job_is_queued_again_without_using_an_attempt(database: Database) -> None:
+    (job_id,) = submit(database)
+    lease = claim(database)
+    with database.session(write=True) as session:
+        jobs.record_progress(session=session, lease=lease, rows=[row(0), row(1)])
+        jobs.release_job(session=session, lease=lease)
+    with database.session() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        # The history stays for the next worker to rewind to its checkpoint.
+        assert (job.state, job.steps_done, job.worker_id, job.attempts) == (
+            JobState.queued, 2, None, 0
+        )
+    assert claim(database, "w2").token == 2
+
+
+def test_a_resumed_start_drops_the_history_after_its_checkpoint(database: Database) -> None:
+    (job_id,) = submit(database)
+    lease = claim(database)
+    with database.session(write=True) as session:
+        jobs.record_progress(session=session, lease=lease, rows=[row(s, s + 1.0) for s in range(6)])
+        for epoch in (0, 1):
+            jobs.record_epoch(
+                session=session,
+                lease=lease,
+                summary=EpochRead(
+                    epoch=epoch, train_loss=1, train_accuracy=0.5, test_loss=1,
+                    test_accuracy=0.5, seconds=1,
+                ),
+            )
+        jobs.start_job(session=session, lease=lease, total_steps=9, step=4, epoch=1)
+    with database.session() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        page = history.metrics_page(session=session, job_id=job_id, after_step=-1, limit=10)
+        assert [m.step for m in page.items] == [0, 1, 2, 3]
+        assert [e.epoch for e in history.epoch_rows(session=session, job_id=job_id)] == [0]
+        assert (job.steps_done, job.epoch, job.loss) == (4, 1, 4.0)
+
+
+def test_stalled_jobs_are_requeued_then_failed_after_max_attempts(database: Database) -> None:
+    (job_id,) = submit(database)
+    for attempt in (1, 2, 3):
+        lease = claim(database, f"w{attempt}")
+        with database.session(write=True) as session:
+            # A heartbeat within the timeout keeps the job; none for 0 s loses it.
+            jobs.heartbeat(session=session, lease=lease)
+            assert jobs.requeue_stalled(session=session, lease_timeout=60, max_attempts=3) == []
+            moved = jobs.requeue_stalled(session=session, lease_timeout=0, max_attempts=3)
+        expected = JobState.queued if attempt < 3 else JobState.failed
+        assert moved == [(job_id, expected)]
+        with pytest.raises(LeaseLost), database.session(write=True) as session:
+            jobs.heartbeat(session=session, lease=lease)
+    with database.session() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+    assert job.state == JobState.failed
+    assert "lost 3 times" in job.error and job.finished_at is not None
+    assert claim(database) is None
+
+
+def test_a_worker_that_lost_its_lease_changes_nothing(database: Database) -> None:
+    (job_id,) = submit(database)
+    stale = claim(database, "w1")
+    with database.session(write=True) as session:
+        jobs.requeue_stalled(session=session, lease_timeout=0, max_attempts=3)
+    current = claim(database, "w2")
+    for change in (
+        lambda s: jobs.record_progress(session=s, lease=stale, rows=[row(0)]),
+        lambda s: jobs.finish_job(
+            session=s, lease=stale, test_loss=0.0, test_accuracy=1.0, model=b"late"
+        ),
+        lambda s: jobs.fail_job(session=s, lease=stale, error="late"),
+    ):
+        with pytest.raises(LeaseLost), database.session(write=True) as session:
+            change(session)
+    with database.session() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        assert (job.state, job.worker_id, job.error) == (JobState.running, "w2", None)
+        assert session.scalar(select(func.count()).select_from(Metric)) == 0
+    assert current.token == 2
+
+
+def test_list_is_newest_first_filtered_and_paginated(database: Database) -> None:
+    ids = submit(database, 5)
+    claim(database)  # the oldest becomes running
+    with database.session() as session:
+        page, total = jobs.list_jobs(session=session, state=None, limit=2, offset=1)
+        assert [job.id for job in page] == [ids[3], ids[2]] and total == 5
+        queued, total = jobs.list_jobs(session=session, state=JobState.queued, limit=10, offset=0)
+        assert [job.id for job in queued] == ids[:0:-1] and total == 4

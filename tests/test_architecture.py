@@ -1,0 +1,29 @@
+"""The one-way dependency rule: the API never imports TensorFlow or the worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_contracts_hold() -> None:
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run(
+        [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_the_api_process_loads_no_tensorflow() -> None:
+    # Importing the whole app must not pull TensorFlow in, even indirectly.
+    code = (
+        "import sys; import service.api.app, service.cli; "
+        "bad = [m for m in ('tensorflow', 'keras', 'worker') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

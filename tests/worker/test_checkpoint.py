@@ -1,0 +1,94 @@
+"""Checkpoints: a fit stopped at any batch and resumed from its checkpoint goes on exactly
+as if it had never stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.schemas import JobSpec
+from worker.checkpoint import Checkpointer
+from worker.data import Mnist, limited
+from worker.training import FitPosition, Stopped, build_model, build_updater, fit
+
+SPEC = {"epochs": 2, "batch_size": 25, "seed": 3,
+        "model": {"layers": [{"units": 32, "activation": "relu"}, {"units": 10, "activation": "softmax"}]}}
+
+
+class Losses:
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.rows: list[tuple[int, float]] = []
+        self.epochs: list[dict] = []
+        self.stop_after = stop_after
+
+    def on_batch(self, *, step: int, loss: float, **_: float) -> None:
+        self.rows.append((step, loss))
+
+    def on_epoch_end(self, **row: float) -> None:
+        self.epochs.append(row)
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and len(self.rows) >= self.stop_after
+
+
+@pytest.mark.parametrize(("implementation", "optimizer"), [("keras", "rmsprop"), ("naive", "adam"),
+                                                           ("naive", "manual_sgd")])
+def test_a_resumed_fit_continues_exactly(
+    implementation: str, optimizer: str, small: Mnist, tmp_path: Path
+) -> None:
+    spec = JobSpec.model_validate({
+        **SPEC, "model": {**SPEC["model"], "implementation": implementation},
+        "optimizer": {"name": optimizer, "learning_rate": 0.01 if optimizer != "rmsprop" else 0.001},
+    })
+    data = limited(small, 1000, 100)  # 40 batches an epoch, run 16 to a compiled call
+
+    def fresh() -> tuple:
+        model = build_model(spec.model, seed=spec.seed)
+        updater = build_updater(spec.optimizer)
+        return model, updater, Checkpointer(model, updater, tmp_path)
+
+    whole = Losses()
+    model, updater, _ = fresh()
+    expected = fit(model, updater, data, epochs=2, batch_size=25, seed=3, callback=whole)
+
+    first = Losses(stop_after=50)  # asked in the second epoch; it stops after its 2nd call
+    model, updater, checkpointer = fresh()
+    position = FitPosition()
+    with pytest.raises(Stopped):
+        fit(model, updater, data, epochs=2, batch_size=25, seed=3, callback=first,
+            position=position)
+    assert (position.epoch, position.batch) == (1, 16)  # mid-epoch
+    checkpointer.save(position, token=1)
+
+    model, updater, checkpointer = fresh()  # a new worker
+    resumed_at = checkpointer.restore(batches_per_epoch=40, recorded_steps=56)
+    assert resumed_at == position
+    rest = Losses()
+    result = fit(model, updater, data, epochs=2, batch_size=25, seed=3, callback=rest,
+                 position=resumed_at)
+    assert [s for s, _ in first.rows + rest.rows] == list(range(80))
+    np.testing.assert_allclose(
+        [loss for _, loss in first.rows + rest.rows], [loss for _, loss in whole.rows], rtol=1e-5
+    )
+    np.testing.assert_allclose(rest.epochs[-1]["train_loss"], whole.epochs[-1]["train_loss"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(result, expected, rtol=1e-5)
+
+
+def test_restore_passes_over_a_checkpoint_the_history_does_not_reach(
+    small: Mnist, tmp_path: Path
+) -> None:
+    spec = JobSpec.model_validate(SPEC)
+    model = build_model(spec.model, seed=0)
+    updater = build_updater(spec.optimizer)
+    checkpointer = Checkpointer(model, updater, tmp_path)
+    assert checkpointer.restore(batches_per_epoch=8, recorded_steps=100) == FitPosition()
+    checkpointer.save(FitPosition(epoch=1, batch=0, loss_sum=3.0, correct_sum=2.0), token=1)
+    # A late write from a worker whose rows were refused: lease 2, at step 12.
+    late = Checkpointer(model, updater, tmp_path)
+    late.save(FitPosition(epoch=1, batch=4), token=2)
+    assert (tmp_path / "checkpoints" / "1").exists() is False  # older leases are cleaned up
+    assert checkpointer.restore(batches_per_epoch=8, recorded_steps=12).batch == 4
+    assert checkpointer.restore(batches_per_epoch=8, recorded_steps=11) == FitPosition()

@@ -1,0 +1,173 @@
+"""The worker loop on a real SQLite file and the committed MNIST sample: claim, train,
+record every batch, export, and end in the right state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service import history, jobs
+from service.api.app import create_app
+from service.config import Settings
+from service.db import Database
+from service.inference import model_path
+from service.schemas import JobSpec, JobState
+from tests.conftest import SAMPLE, TINY_SPEC
+from worker.main import Worker
+from worker.training import STEPS_PER_CALL
+
+
+def run_once(settings: Settings) -> bool:
+    """What one idle worker does: take the oldest queued job and run it."""
+    with Worker(settings) as worker:
+        return worker.run_once()
+
+
+def submit(database: Database, spec: dict) -> int:
+    with database.session(write=True) as session:
+        return jobs.submit_job(session=session, spec=JobSpec.model_validate(spec)).id
+
+
+def read(database: Database, job_id: int):
+    with database.session() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        page = history.metrics_page(session=session, job_id=job_id, after_step=-1, limit=10_000)
+        return job, page.items, history.epoch_rows(session=session, job_id=job_id)
+
+
+@pytest.mark.parametrize("implementation", ["keras", "naive"])
+def test_a_job_runs_to_success_with_one_row_per_batch(
+    settings: Settings, database: Database, implementation: str
+) -> None:
+    spec = {**TINY_SPEC, "epochs": 2, "batch_size": 48,
+            "optimizer": {"name": "rmsprop", "learning_rate": 0.005},
+            "model": {**TINY_SPEC["model"], "implementation": implementation}}
+    job_id = submit(database, spec)
+    assert run_once(settings) is True
+    job, metrics, epochs = read(database, job_id)
+    assert job.state == JobState.succeeded, job.error
+    per_epoch = math.ceil(500 / 48)  # 11 batches, the last one of 20 images
+    assert [m.step for m in metrics] == list(range(2 * per_epoch))
+    assert [(m.epoch, m.batch) for m in metrics[per_epoch - 1 : per_epoch + 1]] == [
+        (0, per_epoch - 1), (1, 0)
+    ]
+    assert all(m.loss is not None and m.loss > 0 for m in metrics)
+    assert [e.epoch for e in epochs] == [0, 1]
+    assert job.test_accuracy == pytest.approx(epochs[-1].test_accuracy)
+    assert job.test_accuracy > 0.6  # well above chance (0.1) after 2 epochs of 500 images
+    assert np.mean([m.loss for m in metrics[-4:]]) < np.mean([m.loss for m in metrics[:4]])
+    assert (job.steps_done, job.total_steps, job.epoch) == (2 * per_epoch, 2 * per_epoch, 2)
+    assert model_path(settings.models_dir, job_id).stat().st_size > 0
+    assert run_once(settings) is False  # the queue is empty now
+
+
+def test_predictions_come_from_the_exported_model(settings: Settings, database: Database) -> None:
+    job_id = submit(database, {
+        **TINY_SPEC, "epochs": 3, "dataset": {"train_limit": 2000},
+        "optimizer": {"name": "rmsprop", "learning_rate": 0.003},
+    })
+    run_once(settings)
+    sample = np.load(SAMPLE)
+    images = sample["x_test"][:200].astype(np.float32) / 255
+    with TestClient(create_app(settings)) as client:
+        flat = client.post(
+            f"/jobs/{job_id}/predict", json={"instances": images.reshape(-1, 784).tolist()}
+        )
+        grid = client.post(f"/jobs/{job_id}/predict", json={"instances": images[:3].tolist()})
+        bad = [
+            client.post(f"/jobs/{job_id}/predict", json=body)
+            for body in (
+                {"instances": [[0.5] * 783]},
+                {"instances": [[1.5] + [0.0] * 783]},
+                {"instances": []},
+                {"instances": [[[0.0] * 28] * 27]},
+                {"images": [[0.0] * 784]},
+            )
+        ]
+    assert flat.status_code == 200
+    predictions = flat.json()["predictions"]
+    digits = np.array([p["digit"] for p in predictions])
+    assert (digits == sample["y_test"][:200]).mean() > 0.8
+    for p in predictions[:5]:
+        assert len(p["probabilities"]) == 10
+        assert sum(p["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+        assert p["digit"] == int(np.argmax(p["probabilities"]))
+    assert grid.json()["predictions"] == predictions[:3]
+    assert [r.status_code for r in bad] == [422] * 5
+
+
+def test_a_missing_data_file_fails_the_job_with_a_clear_message(
+    tmp_path: Path, database: Database, settings: Settings
+) -> None:
+    job_id = submit(database, TINY_SPEC)
+    broken = settings.model_copy(update={"mnist_path": tmp_path / "nowhere.npz"})
+    assert run_once(broken) is True
+    job, metrics, _ = read(database, job_id)
+    assert job.state == JobState.failed
+    assert "nowhere.npz" in job.error and "Traceback" not in job.error
+    assert metrics == []
+    # The worker goes on with the next job.
+    next_id = submit(database, TINY_SPEC)
+    run_once(settings)
+    assert read(database, next_id)[0].state == JobState.succeeded
+
+
+def test_a_diverging_job_fails_with_the_step(settings: Settings, database: Database) -> None:
+    spec = {**TINY_SPEC, "epochs": 3, "batch_size": 10,
+            "optimizer": {"name": "manual_sgd", "learning_rate": 10},
+            "model": {"layers": [{"units": 256, "activation": "linear"},
+                                 {"units": 10, "activation": "linear"}]}}
+    job_id = submit(database, spec)
+    run_once(settings)
+    job, metrics, _ = read(database, job_id)
+    assert job.state == JobState.failed
+    assert job.error == f"diverged at step {metrics[-1].step}"
+    assert metrics[-1].loss is None  # stored as null, not NaN
+
+
+def test_a_cancel_stops_the_running_job_at_a_batch_boundary(
+    settings: Settings, database: Database
+) -> None:
+    job_id = submit(database, {**TINY_SPEC, "epochs": 5, "batch_size": 10})
+    with Worker(settings) as worker:
+        with database.session(write=True) as session:
+            lease = jobs.claim_job(session=session, worker_id=worker.worker_id)
+            jobs.cancel_job(session=session, job_id=job_id)
+        worker.run_job(lease)
+    job, metrics, _ = read(database, job_id)
+    assert job.state == JobState.cancelled
+    # The first write after the cancel (the first batch's) told the worker to stop, at the
+    # end of the compiled call that batch was in.
+    assert [m.step for m in metrics] == list(range(STEPS_PER_CALL))
+    assert not model_path(settings.models_dir, job_id).exists()
+
+
+def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly(
+    settings: Settings, database: Database
+) -> None:
+    spec = {**TINY_SPEC, "epochs": 2, "batch_size": 20}  # 25 batches an epoch
+    job_id, same_spec = submit(database, spec), submit(database, spec)
+    with Worker(settings) as worker:
+        worker.stop.set()  # as after SIGTERM: finish the batch, checkpoint, hand the job back
+        with database.session(write=True) as session:
+            lease = jobs.claim_job(session=session, worker_id=worker.worker_id)
+        worker.run_job(lease)
+    job, metrics, _ = read(database, job_id)
+    # It stopped mid-epoch, at the end of its first compiled call of 16 batches.
+    assert (job.state, job.attempts) == (JobState.queued, 0)
+    assert [m.step for m in metrics] == list(range(STEPS_PER_CALL))
+    assert any((settings.models_dir / str(job_id) / "checkpoints").iterdir())
+
+    run_once(settings)  # resumes job_id at step 1
+    run_once(settings)  # same_spec, uninterrupted
+    job, metrics, epochs = read(database, job_id)
+    _, uninterrupted, _ = read(database, same_spec)
+    assert job.state == JobState.succeeded
+    assert [m.step for m in metrics] == list(range(50)) and [e.epoch for e in epochs] == [0, 1]
+    np.testing.assert_allclose(
+        [m.loss for m in metrics], [m.loss for m in uninterrupted], rtol=1e-5
+    )

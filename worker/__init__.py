@@ -1,0 +1,1 @@
+"""The training worker: everything that imports TensorFlow lives here."""

@@ -1,0 +1,5 @@
+"""`python -m worker`: one worker process (what `tapefit worker` runs)."""
+
+from worker.main import main
+
+main()

@@ -1,0 +1,192 @@
+"""The worker process: claim the oldest queued job, train it, record every batch, repeat.
+
+A requeued job (its worker died, or shut down) resumes from its newest checkpoint, and the
+rows written after that checkpoint are replaced, so its loss curve has no gaps or repeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from service import jobs
+from service.config import Settings
+from service.db import Database
+from service.jobs import Lease, LeaseLost
+from service.schemas import JobSpec
+from service.sweeper import sweep_once
+from worker.recorder import Heartbeat, JobRecorder
+
+log = logging.getLogger("tapefit.worker")
+
+
+class Worker:
+    """Runs jobs one after another until `stop` is set."""
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.database = Database(settings.sqlalchemy_url)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.stop = threading.Event()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the worker's database connections."""
+        self.database.dispose()
+
+    def run_forever(self) -> None:
+        """Claim and run jobs; while the queue is empty, poll it and sweep for lost jobs."""
+        log.info("worker %s ready", self.worker_id)
+        last_sweep = -math.inf
+        while not self.stop.is_set():
+            if time.monotonic() - last_sweep >= self.settings.heartbeat_interval:
+                sweep_once(self.database, self.settings)
+                last_sweep = time.monotonic()
+            if not self.run_once():
+                self.stop.wait(self.settings.poll_interval)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_once(self) -> bool:
+        """Run the oldest queued job, if any; True when there was one."""
+        with self.database.session(write=True) as session:
+            lease = jobs.claim_job(session=session, worker_id=self.worker_id)
+        if lease is None:
+            return False
+        log.info("job %s: claimed (lease %s)", lease.job_id, lease.token)
+        try:
+            self.run_job(lease)
+        except LeaseLost as exc:
+            log.warning("job %s: %s; leaving it", lease.job_id, exc)
+        return True
+
+    def run_job(self, lease: Lease) -> None:
+        """Train (or resume), evaluate and export one claimed job, recording its end state."""
+        with Heartbeat(self.database, lease, self.settings.heartbeat_interval) as heartbeat:
+            recorder = JobRecorder(
+                self.database,
+                lease,
+                flush_rows=self.settings.flush_rows,
+                flush_interval=self.settings.flush_interval,
+                stop=self.stop,
+                heartbeat=heartbeat,
+            )
+            self._train(lease, recorder)
+
+    def _train(self, lease: Lease, recorder: JobRecorder) -> None:
+        # TensorFlow loads here, not at import, so `tapefit worker --help` stays fast.
+        from worker.checkpoint import Checkpointer
+        from worker.data import DataError, limited, load_mnist
+        from worker.export import export_model
+        from worker.training import Diverged, Stopped, build_model, build_updater, fit
+
+        with self.database.session() as session:
+            job = jobs.get_job(session=session, job_id=lease.job_id)
+            spec, recorded_steps = JobSpec.model_validate(job.spec), job.steps_done
+        try:
+            data = limited(
+                load_mnist(self.settings.mnist_path),
+                spec.dataset.train_limit,
+                spec.dataset.test_limit,
+            )
+            batches = math.ceil(len(data.x_train) / spec.batch_size)
+            model = build_model(spec.model, seed=spec.seed)
+            updater = build_updater(spec.optimizer)
+            checkpointer = Checkpointer(model, updater, self.job_dir(lease.job_id))
+            position = checkpointer.restore(
+                batches_per_epoch=batches, recorded_steps=recorded_steps
+            )
+            recorder.record(
+                jobs.start_job,
+                total_steps=spec.epochs * batches,
+                step=position.epoch * batches + position.batch,
+                epoch=position.epoch,
+            )
+            if position.epoch or position.batch:
+                log.info("job %s: resuming at epoch %s, batch %s",
+                         lease.job_id, position.epoch, position.batch)
+            # Checkpoint only what the database has accepted: rows first, then the state.
+            recorder.after_epoch = lambda: checkpointer.save(position, token=lease.token)
+            test_loss, test_accuracy = fit(
+                model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
+                seed=spec.seed, callback=recorder, position=position,
+            )
+            exported = export_model(model, self.job_dir(lease.job_id))
+        except Stopped:
+            if recorder.heartbeat.lost.is_set():
+                raise LeaseLost(f"job {lease.job_id} was taken over") from None
+            if recorder.cancel_requested:
+                recorder.record(jobs.mark_cancelled)
+                log.info("job %s: cancelled", lease.job_id)
+                return
+            recorder.flush()
+            checkpointer.save(position, token=lease.token)
+            recorder.record(jobs.release_job)
+            log.info("job %s: checkpointed and handed back to the queue", lease.job_id)
+            return
+        except (DataError, Diverged) as exc:
+            recorder.record(jobs.fail_job, error=str(exc))
+            log.warning("job %s: failed: %s", lease.job_id, exc)
+            return
+        except LeaseLost:
+            raise
+        except Exception as exc:  # any other error fails the job, not the worker
+            log.exception("job %s: failed", lease.job_id)
+            recorder.record(jobs.fail_job, error=f"{type(exc).__name__}: {exc}")
+            return
+        recorder.record(
+            jobs.finish_job,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            model=exported.read_bytes(),
+        )
+        log.info("job %s: succeeded, test accuracy %.4f", lease.job_id, test_accuracy)
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.settings.models_dir / str(job_id)
+
+
+def warm_up(settings: Settings) -> None:
+    """Load TensorFlow, and MNIST when it is a local file, before the first job: an idle
+    worker then starts a submitted job's training within a second."""
+    from worker.data import DataError, load_mnist
+
+    import worker.training  # noqa: F401 (TensorFlow and Keras)
+
+    if settings.mnist_path is not None:
+        try:
+            load_mnist(settings.mnist_path)  # cached for the jobs
+        except DataError:
+            pass  # each job reports it, with the message
+
+
+def main(settings: Settings | None = None) -> None:
+    """Entry point of `tapefit worker` (`python -m worker`)."""
+    from service.config import get_settings
+    from service.migrate import upgrade
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = settings or get_settings()
+    upgrade(settings.sqlalchemy_url)
+    warm_up(settings)
+    worker = Worker(settings)
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("worker %s: %s; stopping after this batch",
+                 worker.worker_id, signal.strsignal(signum))
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with worker:
+        worker.run_forever()
