@@ -12,8 +12,13 @@ import pytest
 
 from service.schemas import JobState
 from tests.e2e.cluster import Cluster
-# 63 batches an epoch: long enough to be stopped mid-epoch, short enough for the suite.
-SPEC = {"epochs": 3, "batch_size": 32, "dataset": {"train_limit": 2000, "test_limit": 500},
+
+# 63 batches an epoch, 40 epochs. The tests stop the worker early in epoch 2, but what they
+# read lags the worker by up to a flush interval (hundreds of batches at ~1,400 batches/s):
+# the job must outlast that lag by far, or it can finish before the signal lands.
+EPOCHS = 40
+SPEC = {"epochs": EPOCHS, "batch_size": 32,
+        "dataset": {"train_limit": 2000, "test_limit": 500},
         "model": {"layers": [{"units": 64, "activation": "relu"},
                              {"units": 10, "activation": "softmax"}]}}
 PER_EPOCH = math.ceil(2000 / 32)
@@ -39,7 +44,7 @@ def test_a_killed_workers_job_resumes_on_another_and_keeps_a_clean_curve(
     cluster.start_worker()
     job = cluster.wait_final(job_id)
     assert job.state == JobState.succeeded, job.error
-    assert cluster.steps(job_id) == list(range(3 * PER_EPOCH))
+    assert cluster.steps(job_id) == list(range(EPOCHS * PER_EPOCH))
     assert job.lease_epoch == 2 and job.attempts == 2
     # Resumed from a checkpoint, not from scratch (where depends on when the kill landed).
     assert "resuming at epoch" in cluster.log(1)
@@ -61,7 +66,7 @@ def test_a_paused_worker_that_lost_its_lease_changes_nothing(cluster: Cluster) -
     job = cluster.wait_final(job_id)
     assert job.state == JobState.succeeded, job.error
     assert job.worker_id is None or job.worker_id.endswith(f":{cluster.processes[1].pid}")
-    assert cluster.steps(job_id) == list(range(3 * PER_EPOCH))
+    assert cluster.steps(job_id) == list(range(EPOCHS * PER_EPOCH))
     cluster.wait(lambda: "no longer held" in cluster.log(0) or "lease lost" in cluster.log(0),
                  10, "the paused worker to notice")
 
@@ -95,5 +100,5 @@ def test_sigterm_checkpoints_hands_back_and_the_job_finishes_cleanly(cluster: Cl
     cluster.start_worker()
     job = cluster.wait_final(job_id)
     assert job.state == JobState.succeeded, job.error
-    assert cluster.steps(job_id) == list(range(3 * PER_EPOCH))
+    assert cluster.steps(job_id) == list(range(EPOCHS * PER_EPOCH))
     assert "resuming at epoch" in cluster.log(1)
