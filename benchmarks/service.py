@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-TAPEFIT = str(Path(sys.executable).parent / "tapefit")
+from benchmarks.server import start_serve
+
 WARM_UP = {"epochs": 1, "dataset": {"train_limit": 1000, "test_limit": 100}}
 
 
@@ -31,21 +30,14 @@ class ServiceFigures:
     trained_job: int  # the warm-up job: a trained model the serving figures can use
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_server(mnist_path: Path, data_dir: Path) -> Iterator[httpx.Client]:
-    """`tapefit serve --workers 1` on a free port, stopped with SIGINT afterwards."""
-    port = _free_port()
+    """`tapefit serve --workers 1`, stopped with SIGINT afterwards."""
     env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir), "TAPEFIT_MNIST_PATH": str(mnist_path)}
     env.pop("TAPEFIT_DATABASE_URL", None)
-    process = subprocess.Popen([TAPEFIT, "serve", "--port", str(port), "--workers", "1"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process, url = start_serve("--workers", "1", env=env, log_path=data_dir / "bench-serve.log")
+    client = httpx.Client(base_url=url, timeout=30)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -4,7 +4,7 @@ LiteRT's single-image latency in-process, and requests per second through the re
     python -m benchmarks.serving --data-dir tapefit-data [--model latest] [--seconds 5]
 
 `bench_serving(...)` returns the figures, for a `tapefit bench` command to print. The server
-is a real `tapefit serve --workers 0` process (uvicorn) on a free port; the load comes from
+is a real `tapefit serve --workers 0` process (uvicorn) on a port of its own; the load comes from
 plain keep-alive sockets in this process, light enough that the server is the bottleneck.
 """
 
@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.server import start_serve
 from service import serving
 from service.config import Settings
 from service.db import Database
@@ -125,20 +125,12 @@ def _http(method: str, path: str, body: object = None, token: str | None = None)
 
 
 def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], int, float]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    tapefit = Path(sys.executable).with_name("tapefit")
-    command = [str(tapefit)] if tapefit.exists() else [sys.executable, "-m", "service.cli"]
     env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir)}
     started = time.perf_counter()
-    server = subprocess.Popen(
-        [*command, "serve", "--workers", "0", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server, url = start_serve("--workers", "0", env=env, log_path=data_dir / "bench-serve.log",
+                              timeout=START_TIMEOUT_S)
+    port = int(url.rsplit(":", 1)[1])
     while time.perf_counter() - started < START_TIMEOUT_S:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
         try:
             if _once(port, _http("GET", "/healthz")) == 200:
                 return server, port, time.perf_counter() - started
@@ -177,13 +169,15 @@ def _load(port: int, request: bytes, seconds: float, connections: int) -> float:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             reader = sock.makefile("rb")
-            while time.perf_counter() < deadline:
+            while True:  # at least one request each, however slow the start
                 sock.sendall(request)
                 status = _read_response(reader)
                 if status != 200:
                     failures.append(f"HTTP {status}")
                     return
                 counts[i] += 1
+                if time.perf_counter() >= deadline:
+                    return
 
     started = time.perf_counter()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
+
 from service import jobs
 from service.config import Settings
 from service.db import Database
@@ -50,11 +52,20 @@ class Worker:
         log.info("worker %s ready", self.worker_id)
         last_sweep = -math.inf
         while not self.stop.is_set():
-            if time.monotonic() - last_sweep >= self.settings.heartbeat_interval:
-                sweep_once(self.database, self.settings)
-                last_sweep = time.monotonic()
-            if not self.run_once():
-                self.stop.wait(self.settings.poll_interval)
+            try:
+                if time.monotonic() - last_sweep >= self.settings.heartbeat_interval:
+                    last_sweep = time.monotonic()
+                    sweep_once(self.database, self.settings)
+                if self.run_once():
+                    continue
+            except OperationalError as exc:
+                # A database locked past the busy timeout, or down for a moment: the worker
+                # waits and tries again. A job it held meanwhile is swept and resumed.
+                log.warning("worker %s: database unavailable, retrying: %s",
+                            self.worker_id, exc)
+                self.stop.wait(self.settings.heartbeat_interval)
+                continue
+            self.stop.wait(self.settings.poll_interval)
         log.info("worker %s stopped", self.worker_id)
 
     def run_once(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -52,6 +53,29 @@ class Cluster:
                                        stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
+
+    def pause(self, process: subprocess.Popen) -> None:
+        """SIGSTOP a worker at a moment it holds no write lock.
+
+        A process stopped inside a write transaction would hold SQLite's lock for as long as
+        it stays stopped and block every other writer, which is not the partition under test.
+        """
+        assert self.settings.database_url is None, "pause() checks SQLite's lock"
+        while True:
+            process.send_signal(signal.SIGSTOP)
+            while Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] != "T":
+                time.sleep(0.01)
+            probe = sqlite3.connect(self.settings.data_dir / "tapefit.db", timeout=0,
+                                    isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+                return
+            except sqlite3.OperationalError:  # stopped mid-write: let it commit, try again
+                process.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+            finally:
+                probe.close()
 
     def log(self, index: int) -> str:
         return (self.tmp_path / f"worker{index}.log").read_text()

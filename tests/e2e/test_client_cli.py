@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.server import start_serve
 from tests.conftest import SAMPLE
 from tests.e2e import test_serve
-from tests.e2e.test_serve import TAPEFIT, free_port, run_server, wait_until
+from tests.e2e.test_serve import TAPEFIT, run_server, wait_until
 
 SMALL = ["--epochs", "2", "--batch-size", "50", "--layers", "64,10", "--train-limit", "1000",
          "--test-limit", "300"]
@@ -83,13 +84,13 @@ def test_submit_and_follow_to_success_then_the_other_commands(url: str, tmp_path
 
 def test_a_cancelled_job_ends_follow_with_a_non_zero_exit(url: str) -> None:
     env = {**os.environ, "TAPEFIT_URL": url}
-    long = ["--epochs", "60", "--batch-size", "10", "--layers", "64,10"]
+    long = ["--epochs", "100", "--batch-size", "10", "--layers", "64,10"]
     with subprocess.Popen([TAPEFIT, "submit", *long, "--follow"], env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) as follower:
         first = follower.stdout.readline()
         job_id = re.match(r"job (\d+) ", first).group(1)
         # Wait for the first epoch line: the job is training and followed live.
-        while not follower.stdout.readline().startswith("epoch 1/60"):
+        while not follower.stdout.readline().startswith("epoch 1/100"):
             assert follower.poll() is None
         cancelled = tapefit(url, "cancel", job_id)
         assert cancelled.returncode == 0
@@ -124,8 +125,11 @@ def test_wrong_arguments_are_one_clear_line(
 
 
 def test_an_unreachable_server_is_one_line() -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
-    result = tapefit(closed, "jobs", timeout=30)
+    # A port held by a socket that does not listen: nothing can answer on it.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{held.getsockname()[1]}"
+        result = tapefit(closed, "jobs", timeout=30)
     assert result.returncode == 3
     assert result.stderr.startswith(f"tapefit: cannot reach the server at {closed}")
     no_traceback(result)
@@ -145,15 +149,12 @@ def test_a_failing_job_gives_a_non_zero_exit_and_its_reason(
 
 
 def test_ctrl_c_does_not_wait_for_open_event_streams(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "TAPEFIT_DATA_DIR": str(tmp_path / "data"),
-           "TAPEFIT_URL": f"http://127.0.0.1:{port}"}
+    env = {**os.environ, "TAPEFIT_DATA_DIR": str(tmp_path / "data")}
     env.pop("TAPEFIT_DATABASE_URL", None)
     env.pop("TAPEFIT_API_TOKEN", None)
-    with (tmp_path / "serve.log").open("w") as log:
-        server = subprocess.Popen([TAPEFIT, "serve", "--port", str(port), "--workers", "0"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-    with server, httpx.Client(base_url=env["TAPEFIT_URL"]) as client:
+    server, url = start_serve("--workers", "0", env=env, log_path=tmp_path / "serve.log")
+    env["TAPEFIT_URL"] = url
+    with server, httpx.Client(base_url=url) as client:
         wait_until(lambda: _answers(client), 30, "the API to answer")
         job_id = client.post("/jobs", json={}).json()["id"]  # no worker: it stays queued
         with subprocess.Popen([TAPEFIT, "follow", str(job_id)], env=env, text=True,

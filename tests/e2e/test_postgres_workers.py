@@ -27,9 +27,11 @@ def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
 
 
 def test_four_workers_run_twenty_jobs_each_exactly_once(cluster: Cluster) -> None:
-    ids = [cluster.submit({**SMALL, "seed": n}) for n in range(20)]
     for _ in range(4):
         cluster.start_worker()
+    # All four idle on the queue before the jobs arrive, so the work can be shared.
+    cluster.wait(lambda: all(" ready" in cluster.log(i) for i in range(4)), 120, "the workers")
+    ids = [cluster.submit({**SMALL, "seed": n}) for n in range(20)]
     for job_id in ids:
         job = cluster.wait_final(job_id, timeout=180)
         assert job.state == JobState.succeeded, job.error

@@ -58,17 +58,19 @@ def test_a_paused_worker_that_lost_its_lease_changes_nothing(cluster: Cluster) -
     job_id = cluster.submit(SPEC)
     paused = cluster.start_worker()
     cluster.wait(lambda: cluster.job(job_id).steps_done >= PER_EPOCH + 5, 60, "epoch 2")
-    paused.send_signal(signal.SIGSTOP)
+    cluster.pause(paused)
     cluster.start_worker()
     # The second worker sweeps the job after the lease timeout and takes it over.
     cluster.wait(lambda: cluster.job(job_id).lease_epoch == 2, 30, "the takeover")
     paused.send_signal(signal.SIGCONT)
+    cluster.wait(lambda: "no longer held" in cluster.log(0) or "lease lost" in cluster.log(0),
+                 10, "the paused worker to notice")
+    # Now idle, it could legitimately win the job back if the new holder ever stalled.
+    paused.kill()
     job = cluster.wait_final(job_id)
     assert job.state == JobState.succeeded, job.error
     assert job.worker_id is None or job.worker_id.endswith(f":{cluster.processes[1].pid}")
     assert cluster.steps(job_id) == list(range(EPOCHS * PER_EPOCH))
-    cluster.wait(lambda: "no longer held" in cluster.log(0) or "lease lost" in cluster.log(0),
-                 10, "the paused worker to notice")
 
 
 def test_a_job_whose_worker_dies_every_time_fails_after_three_attempts(

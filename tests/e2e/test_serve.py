@@ -1,12 +1,10 @@
-"""End to end: the real `tapefit serve` with its worker subprocess, on a free port."""
+"""End to end: the real `tapefit serve` with its worker subprocess, on a port of its own."""
 
 from __future__ import annotations
 
 import math
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -18,15 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.server import start_serve
 from tests.conftest import SAMPLE
 
 TAPEFIT = str(Path(sys.executable).parent / "tapefit")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
@@ -47,8 +40,7 @@ def server(tmp_path: Path) -> Iterator[httpx.Client]:
 
 @contextmanager
 def run_server(tmp_path: Path, *, workers: int) -> Iterator[httpx.Client]:
-    """`tapefit serve` on a free port with `workers` workers, stopped with Ctrl-C after."""
-    port = free_port()
+    """`tapefit serve` on a port of its own with `workers` workers, stopped with Ctrl-C after."""
     env = {
         **os.environ,
         "TAPEFIT_DATA_DIR": str(tmp_path / "data"),
@@ -56,12 +48,9 @@ def run_server(tmp_path: Path, *, workers: int) -> Iterator[httpx.Client]:
         "TAPEFIT_DATABASE_URL": "",
     }
     env.pop("TAPEFIT_DATABASE_URL")
-    with (tmp_path / "serve.log").open("w") as log:
-        process = subprocess.Popen(
-            [TAPEFIT, "serve", "--port", str(port), "--workers", str(workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    process, url = start_serve("--workers", str(workers), env=env,
+                               log_path=tmp_path / "serve.log")
+    client = httpx.Client(base_url=url, timeout=10)
 
     def healthy() -> bool:
         try:
@@ -114,8 +103,9 @@ def test_concurrent_submissions_while_workers_write(tmp_path: Path) -> None:
 
 
 def submit_and_check(client: httpx.Client) -> None:
-    # Two long jobs first, one per worker: their loss rows are written all through the burst.
-    long = {"epochs": 3, "batch_size": 8, "dataset": {"train_limit": 2000, "test_limit": 100},
+    # Two long jobs first, one per worker: their loss rows are written all through the burst
+    # (25,000 batches each: they outlast it by far, and are handed back at the end).
+    long = {"epochs": 100, "batch_size": 8, "dataset": {"train_limit": 2000, "test_limit": 100},
             "model": {"layers": [{"units": 64}, {"units": 10, "activation": "softmax"}]}}
     busy = [client.post("/jobs", json={**long, "seed": n}).json()["id"] for n in (1, 2)]
 
@@ -146,6 +136,7 @@ def submit_and_check(client: httpx.Client) -> None:
     assert len(set(ids)) == 200
     assert client.get("/jobs", params={"limit": 1}).json()["total"] == 202
     # The workers went on writing loss rows during the burst, and nothing failed.
-    rows_after = sum(client.get(f"/jobs/{i}").json()["progress"]["step"] for i in busy)
-    assert rows_after > rows_before
+    after = [client.get(f"/jobs/{i}").json() for i in busy]
+    assert [job["state"] for job in after] == ["running", "running"]
+    assert sum(job["progress"]["step"] for job in after) > rows_before
     assert client.get("/jobs", params={"state": "failed"}).json()["total"] == 0

@@ -23,7 +23,6 @@ from service.client import Event, parse_sse
 from service.config import Settings
 from service.db import Database
 from service.schemas import EpochRead, JobSpec
-from tests.e2e.test_serve import free_port
 
 EPOCHS, BATCHES = 3, 4  # 12 steps; epoch e ends at step 4e + 3
 STEPS = EPOCHS * BATCHES
@@ -31,11 +30,10 @@ STEPS = EPOCHS * BATCHES
 
 @contextmanager
 def live_server(app: FastAPI) -> Iterator[httpx.Client]:
-    """`app` under uvicorn on a free port, in a thread; an httpx client of it."""
+    """`app` under uvicorn on a port the system picks, in a thread; an httpx client of it."""
     # Uvicorn binds the port itself: a socket handed to it would lack TCP_NODELAY, and every
     # keep-alive request would wait out a delayed ACK.
-    port = free_port()
-    config = uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, port=0, log_level="warning", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -44,6 +42,7 @@ def live_server(app: FastAPI) -> Iterator[httpx.Client]:
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
             time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]  # port 0: the system's pick
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             yield client
     finally:
@@ -90,15 +89,27 @@ class FakeWorker:
             jobs.finish_job(session=session, lease=self.lease, test_loss=0.3, test_accuracy=0.93,
                             model=b"tflite")
 
-    def run(self, *, group: int = 3, pause: float = 0.0) -> None:
-        """The whole job: each epoch's rows in groups of `group`, then its summary."""
+    def run(
+        self,
+        *,
+        group: int = 3,
+        pause: float = 0.0,
+        pace: threading.Semaphore | None = None,
+        before_finish: threading.Event | None = None,
+    ) -> None:
+        """The whole job: each epoch's rows in groups of `group`, then its summary. Each group
+        waits `pause` seconds, or for `pace` to be released; the end waits for `before_finish`."""
         self.claim()
         for epoch in range(EPOCHS):
             end = (epoch + 1) * BATCHES
             for first in range(epoch * BATCHES, end, group):
                 time.sleep(pause)
+                if pace is not None:
+                    assert pace.acquire(timeout=30)
                 self.rows(first, min(first + group, end) - 1)
             self.epoch(epoch)
+        if before_finish is not None:
+            assert before_finish.wait(timeout=30)
         self.finish()
 
 
@@ -195,15 +206,20 @@ def test_live_points_arrive_in_order_across_a_reconnect(
     server: httpx.Client, database: Database
 ) -> None:
     worker = FakeWorker(database)
-    writer = threading.Thread(target=worker.run, kwargs={"group": 2, "pause": 0.15})
+    # However slow the first connection, the job cannot end before it has hung up.
+    first_done = threading.Event()
+    writer = threading.Thread(target=worker.run, kwargs={"group": 2, "pause": 0.15,
+                                                         "before_finish": first_done})
     writer.start()
     try:
         first, ended = read_stream(server, worker.job_id, stop_after=5)
+        first_done.set()
         assert not ended
         assert first[0].type == "state" and first[0].data["state"] in ("queued", "running")
         last_id = [e.id for e in first if e.id][-1]
         second, ended = read_stream(server, worker.job_id, last_id)
     finally:
+        first_done.set()
         writer.join()
     assert ended
     assert history(first) + history(second) == FULL
@@ -228,19 +244,24 @@ def test_other_requests_stay_fast_while_streams_are_open(
     watchers = [threading.Thread(target=watch) for _ in range(6)]
     for thread in watchers:
         thread.start()
-    writer = threading.Thread(target=worker.run, kwargs={"group": 1, "pause": 0.2})
+    # The job writes a group only after each round of other requests is answered, so this
+    # is not a timing threshold (the machine is shared): the requests must be answered while
+    # all six streams are open and the job is training, not after.
+    pace = threading.Semaphore(0)
+    writer = threading.Thread(target=worker.run, kwargs={"group": 1, "pace": pace})
     writer.start()
-    # Not a timing threshold (the machine is shared): the other requests must be answered
-    # while all six streams are still open and the job still training, not after.
     answered_meanwhile = 0
     try:
-        while writer.is_alive() and answered_meanwhile < 20:
+        while writer.is_alive():
             assert server.get(f"/jobs/{worker.job_id}").status_code == 200
             assert server.get("/jobs").status_code == 200
             if writer.is_alive() and all(thread.is_alive() for thread in watchers):
                 answered_meanwhile += 1
+            pace.release()
             time.sleep(0.05)
     finally:
+        for _ in range(STEPS):
+            pace.release()
         writer.join()
         for thread in watchers:
             thread.join(timeout=20)
@@ -249,12 +270,21 @@ def test_other_requests_stay_fast_while_streams_are_open(
 
 
 def test_streams_hold_no_connection_between_polls(
-    server: httpx.Client, database: Database, app: FastAPI
+    server: httpx.Client, database: Database, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A waiting stream keeps no transaction (nor pooled connection) open: it reads in short
-    sessions. Sampled on the API's own engine while four streams wait on a queued job."""
+    sessions. Sampled on the API's own engine, between reads, while four streams wait."""
     worker = FakeWorker(database)
     app_pool = app.state.database.engine.pool
+    reading, reads = threading.Lock(), [0]
+    original_load = events.load
+
+    def counted_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        with reading:
+            reads[0] += 1
+            return original_load(*args, **kwargs)
+
+    monkeypatch.setattr(events, "load", counted_load)
     stop = threading.Event()
     opened = threading.Barrier(5)
 
@@ -272,15 +302,18 @@ def test_streams_hold_no_connection_between_polls(
     for thread in watchers:
         thread.start()
     opened.wait()
-    samples = []
+    samples, reads_at_start = [], reads[0]
     for _ in range(40):
-        samples.append(app_pool.checkedout())
+        with reading:  # no read in progress: nothing may be checked out
+            samples.append(app_pool.checkedout())
         time.sleep(0.02)
+    polls = reads[0] - reads_at_start
     stop.set()
     worker.claim()  # wakes the streams with a state change, so they return
     for thread in watchers:
         thread.join(timeout=10)
-    assert samples.count(0) >= 30, samples
+    assert samples == [0] * 40
+    assert polls > 0  # the streams kept polling while they were sampled
 
 
 def test_a_job_cancelled_while_queued_ends_the_stream(

@@ -3,7 +3,11 @@ record every batch, export, and end in the right state."""
 
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,9 @@ from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
 from service.inference import model_path
+from service.migrate import upgrade
 from service.schemas import JobSpec, JobState
-from tests.conftest import SAMPLE, TINY_SPEC
+from tests.conftest import SAMPLE, TINY_SPEC, make_settings
 from worker.main import Worker
 from worker.training import STEPS_PER_CALL
 
@@ -171,3 +176,39 @@ def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly(
     np.testing.assert_allclose(
         [m.loss for m in metrics], [m.loss for m in uninterrupted], rtol=1e-5
     )
+
+
+def test_a_locked_database_makes_the_worker_wait_not_die(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path / "data", sqlite_busy_timeout=0.1, heartbeat_interval=0.2)
+    upgrade(settings.sqlalchemy_url)
+    database = Database(settings.sqlalchemy_url)
+    job_id = submit(database, TINY_SPEC)
+    # Another process's writer holds SQLite's write lock past the busy timeout.
+    holder = sqlite3.connect(settings.data_dir / "tapefit.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    worker = Worker(settings)
+    thread = threading.Thread(target=worker.run_forever)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tapefit.worker"):
+            thread.start()
+            deadline = time.monotonic() + 30
+            while "database unavailable" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "database unavailable" in caplog.text
+            assert thread.is_alive()
+            assert read(database, job_id)[0].state == JobState.queued
+            holder.execute("ROLLBACK")
+            deadline = time.monotonic() + 60
+            while read(database, job_id)[0].state != JobState.succeeded:
+                assert time.monotonic() < deadline, "the job did not run after the lock"
+                time.sleep(0.05)
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        worker.stop.set()
+        thread.join()
+        worker.close()
+        database.dispose()
