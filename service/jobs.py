@@ -29,7 +29,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from service.models import Artifact, EpochSummary, Job, Metric, utcnow
+from service.models import Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
 from service.schemas import (
     EpochRead,
     JobRead,
@@ -131,6 +131,7 @@ def cancel_job(*, session: Session, job_id: int) -> Job:
     if job.state == JobState.queued:
         job.state = JobState.cancelled
         job.finished_at = utcnow()
+        _drop_checkpoint(session, job_id)  # a handed-back job may have one
     elif job.state == JobState.running:
         job.cancel_requested = True
     else:
@@ -291,7 +292,10 @@ def record_progress(
 def record_epoch(*, session: Session, lease: Lease, summary: EpochRead) -> None:
     """Write one finished epoch's figures; the job's `epoch` counts the finished ones."""
     _update_held(session, lease, epoch=summary.epoch + 1)
-    row = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in summary.model_dump().items()}
+    row = {
+        k: finite_or_none(v) if isinstance(v, float) else v
+        for k, v in summary.model_dump().items()
+    }
     session.add(EpochSummary(job_id=lease.job_id, **row))
 
 
@@ -311,6 +315,7 @@ def finish_job(
     session.merge(
         Artifact(job_id=lease.job_id, content=model, sha256=hashlib.sha256(model).hexdigest())
     )
+    _drop_checkpoint(session, lease.job_id)
 
 
 def model_artifact(*, session: Session, job_id: int) -> Artifact | None:
@@ -321,11 +326,13 @@ def model_artifact(*, session: Session, job_id: int) -> Artifact | None:
 def fail_job(*, session: Session, lease: Lease, error: str) -> None:
     """running -> failed, keeping the reason for the user."""
     _update_held(session, lease, state=JobState.failed, finished_at=utcnow(), error=error)
+    _drop_checkpoint(session, lease.job_id)
 
 
 def mark_cancelled(*, session: Session, lease: Lease) -> None:
     """running -> cancelled, once the worker has stopped at a batch boundary."""
     _update_held(session, lease, state=JobState.cancelled, finished_at=utcnow())
+    _drop_checkpoint(session, lease.job_id)
 
 
 def release_job(*, session: Session, lease: Lease) -> None:
@@ -340,6 +347,26 @@ def release_job(*, session: Session, lease: Lease) -> None:
 def heartbeat(*, session: Session, lease: Lease) -> None:
     """Tell the sweepers this worker is alive (LeaseLost when the job was taken from it)."""
     _update_held(session, lease)
+
+
+def save_checkpoint(*, session: Session, lease: Lease, step: int, content: bytes) -> None:
+    """Replace the job's checkpoint with one taken after `step` batches. Fenced like every
+    worker write: a worker that lost its lease cannot overwrite the new holder's."""
+    _update_held(session, lease)
+    session.merge(
+        Checkpoint(job_id=lease.job_id, step=step, lease_epoch=lease.token, content=content,
+                   created_at=utcnow())
+    )
+
+
+def load_checkpoint(*, session: Session, job_id: int) -> Checkpoint | None:
+    """The job's newest checkpoint, if it has one."""
+    return session.get(Checkpoint, job_id)
+
+
+def _drop_checkpoint(session: Session, job_id: int) -> None:
+    """A job in a final state never resumes: its checkpoint is dead weight."""
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
 
 
 def requeue_stalled(
@@ -364,6 +391,7 @@ def requeue_stalled(
                 f"its worker was lost {job.attempts} times (no heartbeat for "
                 f"{lease_timeout:g} s); giving up after {max_attempts} attempts"
             )
+            _drop_checkpoint(session, job.id)
         else:
             job.state = JobState.queued
         job.worker_id = None

@@ -138,3 +138,19 @@ class Artifact(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    """A running job's newest training state (weights, optimizer slots, fit position) as one
+    archive, in the database so a job requeued onto any machine resumes where it stopped.
+    One per job, replaced at each epoch's end, dropped when the job ends."""
+
+    __tablename__ = "checkpoints"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer)  # batches done: a resumed job starts here
+    lease_epoch: Mapped[int] = mapped_column(Integer)  # the lease that wrote it
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -123,7 +123,9 @@ class OptimizerSpec(Strict):
             if self.momentum is None:
                 self.momentum = 0.9
         elif self.momentum is not None:
-            raise ValueError(f"momentum applies only to the 'momentum' optimizer, not '{self.name}'")
+            raise ValueError(
+                f"momentum applies only to the 'momentum' optimizer, not '{self.name}'"
+            )
         return self
 
 

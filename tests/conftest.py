@@ -25,7 +25,8 @@ SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
 
 # A job small enough to train in a couple of seconds on the committed sample.
 TINY_SPEC = {
-    "model": {"layers": [{"units": 32, "activation": "relu"}, {"units": 10, "activation": "softmax"}]},
+    "model": {"layers": [{"units": 32, "activation": "relu"},
+                         {"units": 10, "activation": "softmax"}]},
     "epochs": 1,
     "batch_size": 100,
     "dataset": {"train_limit": 500, "test_limit": 200},

@@ -1,4 +1,5 @@
-"""The one-way dependency rule: the API never imports TensorFlow or the worker."""
+"""The one-way dependency rule (the API never imports TensorFlow or the worker), and the
+style check."""
 
 from __future__ import annotations
 
@@ -26,4 +27,14 @@ def test_the_api_process_loads_no_tensorflow() -> None:
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_code_passes_the_style_check() -> None:
+    # The rules are in pyproject.toml ([tool.ruff]): pyflakes, pycodestyle, import order.
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run(
+        [str(ruff), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

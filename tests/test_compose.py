@@ -17,7 +17,9 @@ BINARY = Path(compose.__file__).parent / "docker-compose"
 
 def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """`docker compose config` through the docker CLI when it is here, else the plugin alone."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("TAPEFIT_", "POSTGRES_"))}
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TAPEFIT_", "POSTGRES_"))
+    }
     environment |= env
     if shutil.which("docker"):
         plugins = tmp_path / "cli-plugins"

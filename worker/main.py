@@ -104,6 +104,8 @@ class Worker:
         with self.database.session() as session:
             job = jobs.get_job(session=session, job_id=lease.job_id)
             spec, recorded_steps = JobSpec.model_validate(job.spec), job.steps_done
+            stored = jobs.load_checkpoint(session=session, job_id=lease.job_id)
+            checkpoint = stored.content if stored is not None else None
         try:
             data = limited(
                 load_mnist(self.settings.mnist_path),
@@ -113,10 +115,15 @@ class Worker:
             batches = math.ceil(len(data.x_train) / spec.batch_size)
             model = build_model(spec.model, seed=spec.seed)
             updater = build_updater(spec.optimizer)
-            checkpointer = Checkpointer(model, updater, self.job_dir(lease.job_id))
+            checkpointer = Checkpointer(model, updater)
             position = checkpointer.restore(
-                batches_per_epoch=batches, recorded_steps=recorded_steps
+                checkpoint, batches_per_epoch=batches, recorded_steps=recorded_steps
             )
+
+            def save_checkpoint() -> None:
+                recorder.record(jobs.save_checkpoint, content=checkpointer.pack(position),
+                                step=position.epoch * batches + position.batch)
+
             recorder.record(
                 jobs.start_job,
                 total_steps=spec.epochs * batches,
@@ -127,7 +134,7 @@ class Worker:
                 log.info("job %s: resuming at epoch %s, batch %s",
                          lease.job_id, position.epoch, position.batch)
             # Checkpoint only what the database has accepted: rows first, then the state.
-            recorder.after_epoch = lambda: checkpointer.save(position, token=lease.token)
+            recorder.after_epoch = save_checkpoint
             test_loss, test_accuracy = fit(
                 model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
                 seed=spec.seed, callback=recorder, position=position,
@@ -140,8 +147,7 @@ class Worker:
                 recorder.record(jobs.mark_cancelled)
                 log.info("job %s: cancelled", lease.job_id)
                 return
-            recorder.flush()
-            checkpointer.save(position, token=lease.token)
+            save_checkpoint()  # with the rows still held: they commit together
             recorder.record(jobs.release_job)
             log.info("job %s: checkpointed and handed back to the queue", lease.job_id)
             return
@@ -170,9 +176,8 @@ class Worker:
 def warm_up(settings: Settings) -> None:
     """Load TensorFlow, and MNIST when it is a local file, before the first job: an idle
     worker then starts a submitted job's training within a second."""
-    from worker.data import DataError, load_mnist
-
     import worker.training  # noqa: F401 (TensorFlow and Keras)
+    from worker.data import DataError, load_mnist
 
     if settings.mnist_path is not None:
         try:

@@ -24,7 +24,6 @@ from service.jobs import JobConflict, JobNotFound
 from service.serving import Catalog, ModelNotFound
 from service.sweeper import sweep_forever
 
-
 ROUTERS = (
     jobs.router,
     metrics.router,

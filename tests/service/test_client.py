@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from service import client as client_module
-from service.client import ApiError, Client, parse_sse
 from service.cli import _parser
+from service.client import ApiError, Client, parse_sse
 from service.client_commands import layers, spec_from
 from service.console import ProgressView, duration, jobs_table
 

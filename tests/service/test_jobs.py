@@ -155,6 +155,7 @@ def test_stalled_jobs_are_requeued_then_failed_after_max_attempts(database: Data
     (job_id,) = submit(database)
     for attempt in (1, 2, 3):
         lease = claim(database, f"w{attempt}")
+        save(database, lease, attempt, b"state")
         with database.session(write=True) as session:
             # A heartbeat within the timeout keeps the job; none for 0 s loses it.
             jobs.heartbeat(session=session, lease=lease)
@@ -168,6 +169,7 @@ def test_stalled_jobs_are_requeued_then_failed_after_max_attempts(database: Data
         job = jobs.get_job(session=session, job_id=job_id)
     assert job.state == JobState.failed
     assert "lost 3 times" in job.error and job.finished_at is not None
+    assert checkpoint_of(database, job_id) is None  # it never resumes now
     assert claim(database) is None
 
 
@@ -183,6 +185,7 @@ def test_a_worker_that_lost_its_lease_changes_nothing(database: Database) -> Non
             session=s, lease=stale, test_loss=0.0, test_accuracy=1.0, model=b"late"
         ),
         lambda s: jobs.fail_job(session=s, lease=stale, error="late"),
+        lambda s: jobs.save_checkpoint(session=s, lease=stale, step=0, content=b"late"),
     ):
         with pytest.raises(LeaseLost), database.session(write=True) as session:
             change(session)
@@ -190,7 +193,53 @@ def test_a_worker_that_lost_its_lease_changes_nothing(database: Database) -> Non
         job = jobs.get_job(session=session, job_id=job_id)
         assert (job.state, job.worker_id, job.error) == (JobState.running, "w2", None)
         assert session.scalar(select(func.count()).select_from(Metric)) == 0
+        assert jobs.load_checkpoint(session=session, job_id=job_id) is None
     assert current.token == 2
+
+
+def checkpoint_of(database: Database, job_id: int) -> tuple[int, int, bytes] | None:
+    with database.session() as session:
+        found = jobs.load_checkpoint(session=session, job_id=job_id)
+        return None if found is None else (found.step, found.lease_epoch, found.content)
+
+
+def save(database: Database, lease: Lease, step: int, content: bytes) -> None:
+    with database.session(write=True) as session:
+        jobs.save_checkpoint(session=session, lease=lease, step=step, content=content)
+
+
+def test_a_checkpoint_is_replaced_by_the_holder_and_dropped_when_the_job_ends(
+    database: Database,
+) -> None:
+    first, second, third, fourth = submit(database, 4)
+    lease = claim(database)
+    save(database, lease, 10, b"epoch 1")
+    save(database, lease, 20, b"epoch 2")
+    assert checkpoint_of(database, first) == (20, 1, b"epoch 2")
+    with database.session(write=True) as session:
+        jobs.release_job(session=session, lease=lease)  # a hand-back keeps it for the resume
+    assert checkpoint_of(database, first) == (20, 1, b"epoch 2")
+    lease = claim(database, "w2")
+    save(database, lease, 30, b"epoch 3")
+    assert checkpoint_of(database, first) == (30, 2, b"epoch 3")
+    with database.session(write=True) as session:
+        jobs.finish_job(session=session, lease=lease, test_loss=0.1, test_accuracy=0.9,
+                        model=b"tflite")
+    assert checkpoint_of(database, first) is None
+
+    # Every other way to a final state drops it too.
+    for job_id, end in ((second, "fail"), (third, "cancel"), (fourth, "release and cancel")):
+        lease = claim(database)
+        save(database, lease, 5, b"state")
+        with database.session(write=True) as session:
+            if end == "fail":
+                jobs.fail_job(session=session, lease=lease, error="boom")
+            elif end == "cancel":
+                jobs.mark_cancelled(session=session, lease=lease)
+            else:
+                jobs.release_job(session=session, lease=lease)
+                jobs.cancel_job(session=session, job_id=job_id)  # queued: cancelled at once
+        assert checkpoint_of(database, job_id) is None, end
 
 
 def test_list_is_newest_first_filtered_and_paginated(database: Database) -> None:

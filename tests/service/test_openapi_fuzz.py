@@ -33,16 +33,21 @@ def test_every_operation_keeps_its_contract(tmp_path: Path) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 20
     for operation in operations:
-
-        @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                  derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
-        def check(case: schemathesis.Case) -> None:
-            excluded = [positive_data_acceptance] if operation.label in SEMANTIC_RULES else []
-            case.call_and_validate(excluded_checks=excluded)
-
         try:
-            check()
+            check_operation(operation)
         except Exception as exc:
             exc.add_note(f"operation: {operation.label}")
             raise
+
+
+def check_operation(operation: schemathesis.APIOperation) -> None:
+    """Every check of schemathesis on generated requests to one operation."""
+    excluded = [positive_data_acceptance] if operation.label in SEMANTIC_RULES else []
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+              derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(excluded_checks=excluded)
+
+    check()

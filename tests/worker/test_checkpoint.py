@@ -1,9 +1,7 @@
-"""Checkpoints: a fit stopped at any batch and resumed from its checkpoint goes on exactly
-as if it had never stopped."""
+"""Checkpoints: a fit stopped at any batch and resumed from its packed checkpoint, in a new
+model, goes on exactly as if it had never stopped."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,8 @@ from worker.data import Mnist, limited
 from worker.training import FitPosition, Stopped, build_model, build_updater, fit
 
 SPEC = {"epochs": 2, "batch_size": 25, "seed": 3,
-        "model": {"layers": [{"units": 32, "activation": "relu"}, {"units": 10, "activation": "softmax"}]}}
+        "model": {"layers": [{"units": 32, "activation": "relu"},
+                             {"units": 10, "activation": "softmax"}]}}
 
 
 class Losses:
@@ -36,18 +35,19 @@ class Losses:
 @pytest.mark.parametrize(("implementation", "optimizer"), [("keras", "rmsprop"), ("naive", "adam"),
                                                            ("naive", "manual_sgd")])
 def test_a_resumed_fit_continues_exactly(
-    implementation: str, optimizer: str, small: Mnist, tmp_path: Path
+    implementation: str, optimizer: str, small: Mnist
 ) -> None:
+    learning_rate = 0.01 if optimizer != "rmsprop" else 0.001
     spec = JobSpec.model_validate({
         **SPEC, "model": {**SPEC["model"], "implementation": implementation},
-        "optimizer": {"name": optimizer, "learning_rate": 0.01 if optimizer != "rmsprop" else 0.001},
+        "optimizer": {"name": optimizer, "learning_rate": learning_rate},
     })
     data = limited(small, 1000, 100)  # 40 batches an epoch, run 16 to a compiled call
 
     def fresh() -> tuple:
         model = build_model(spec.model, seed=spec.seed)
         updater = build_updater(spec.optimizer)
-        return model, updater, Checkpointer(model, updater, tmp_path)
+        return model, updater, Checkpointer(model, updater)
 
     whole = Losses()
     model, updater, _ = fresh()
@@ -60,10 +60,10 @@ def test_a_resumed_fit_continues_exactly(
         fit(model, updater, data, epochs=2, batch_size=25, seed=3, callback=first,
             position=position)
     assert (position.epoch, position.batch) == (1, 16)  # mid-epoch
-    checkpointer.save(position, token=1)
+    packed = checkpointer.pack(position)
 
-    model, updater, checkpointer = fresh()  # a new worker
-    resumed_at = checkpointer.restore(batches_per_epoch=40, recorded_steps=56)
+    model, updater, checkpointer = fresh()  # a new worker, maybe on another machine
+    resumed_at = checkpointer.restore(packed, batches_per_epoch=40, recorded_steps=56)
     assert resumed_at == position
     rest = Losses()
     result = fit(model, updater, data, epochs=2, batch_size=25, seed=3, callback=rest,
@@ -77,18 +77,26 @@ def test_a_resumed_fit_continues_exactly(
     np.testing.assert_allclose(result, expected, rtol=1e-5)
 
 
-def test_restore_passes_over_a_checkpoint_the_history_does_not_reach(
-    small: Mnist, tmp_path: Path
-) -> None:
+def test_restore_passes_over_a_checkpoint_the_history_does_not_reach(small: Mnist) -> None:
     spec = JobSpec.model_validate(SPEC)
     model = build_model(spec.model, seed=0)
     updater = build_updater(spec.optimizer)
-    checkpointer = Checkpointer(model, updater, tmp_path)
-    assert checkpointer.restore(batches_per_epoch=8, recorded_steps=100) == FitPosition()
-    checkpointer.save(FitPosition(epoch=1, batch=0, loss_sum=3.0, correct_sum=2.0), token=1)
-    # A late write from a worker whose rows were refused: lease 2, at step 12.
-    late = Checkpointer(model, updater, tmp_path)
-    late.save(FitPosition(epoch=1, batch=4), token=2)
-    assert (tmp_path / "checkpoints" / "1").exists() is False  # older leases are cleaned up
-    assert checkpointer.restore(batches_per_epoch=8, recorded_steps=12).batch == 4
-    assert checkpointer.restore(batches_per_epoch=8, recorded_steps=11) == FitPosition()
+    checkpointer = Checkpointer(model, updater)
+    assert checkpointer.restore(None, batches_per_epoch=8, recorded_steps=100) == FitPosition()
+    saved = FitPosition(epoch=1, batch=4, loss_sum=3.0, correct_sum=2.0)
+    packed = checkpointer.pack(saved)
+    assert checkpointer.restore(packed, batches_per_epoch=8, recorded_steps=12) == saved
+    assert checkpointer.restore(packed, batches_per_epoch=8, recorded_steps=11) == FitPosition()
+
+
+def test_a_checkpoint_restores_the_weights_it_was_taken_with(small: Mnist) -> None:
+    spec = JobSpec.model_validate(SPEC)
+    model = build_model(spec.model, seed=0)
+    packed = Checkpointer(model, build_updater(spec.optimizer)).pack(FitPosition(epoch=1))
+    other = build_model(spec.model, seed=1)
+    assert not np.allclose(other.weights[0].numpy(), model.weights[0].numpy())
+    Checkpointer(other, build_updater(spec.optimizer)).restore(
+        packed, batches_per_epoch=8, recorded_steps=8
+    )
+    for mine, theirs in zip(other.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())

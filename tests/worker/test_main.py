@@ -151,8 +151,8 @@ def test_a_cancel_stops_the_running_job_at_a_batch_boundary(
     assert not model_path(settings.models_dir, job_id).exists()
 
 
-def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly(
-    settings: Settings, database: Database
+def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly_elsewhere(
+    settings: Settings, database: Database, tmp_path: Path
 ) -> None:
     spec = {**TINY_SPEC, "epochs": 2, "batch_size": 20}  # 25 batches an epoch
     job_id, same_spec = submit(database, spec), submit(database, spec)
@@ -165,17 +165,25 @@ def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly(
     # It stopped mid-epoch, at the end of its first compiled call of 16 batches.
     assert (job.state, job.attempts) == (JobState.queued, 0)
     assert [m.step for m in metrics] == list(range(STEPS_PER_CALL))
-    assert any((settings.models_dir / str(job_id) / "checkpoints").iterdir())
+    with database.session() as session:
+        checkpoint = jobs.load_checkpoint(session=session, job_id=job_id)
+        assert (checkpoint.step, checkpoint.lease_epoch) == (STEPS_PER_CALL, 1)
 
-    run_once(settings)  # resumes job_id at step 1
-    run_once(settings)  # same_spec, uninterrupted
+    # The next worker runs on another machine: nothing in common but the database.
+    elsewhere = settings.model_copy(update={"data_dir": tmp_path / "other-machine",
+                                            "database_url": settings.sqlalchemy_url})
+    run_once(elsewhere)  # resumes job_id at step 16
+    run_once(elsewhere)  # same_spec, uninterrupted
     job, metrics, epochs = read(database, job_id)
     _, uninterrupted, _ = read(database, same_spec)
     assert job.state == JobState.succeeded
+    assert (job.attempts, job.lease_epoch) == (1, 2)
     assert [m.step for m in metrics] == list(range(50)) and [e.epoch for e in epochs] == [0, 1]
     np.testing.assert_allclose(
         [m.loss for m in metrics], [m.loss for m in uninterrupted], rtol=1e-5
     )
+    with database.session() as session:  # a finished job keeps no checkpoint
+        assert jobs.load_checkpoint(session=session, job_id=job_id) is None
 
 
 def test_a_locked_database_makes_the_worker_wait_not_die(

@@ -11,11 +11,11 @@ import tensorflow as tf
 from service.schemas import JobSpec, ModelSpec, OptimizerName, OptimizerSpec
 from worker.data import Mnist, limited
 from worker.training import (
+    STEPS_PER_CALL,
     BatchGenerator,
     Diverged,
     FitPosition,
     ManualSGD,
-    STEPS_PER_CALL,
     Stopped,
     build_model,
     build_updater,

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from service import open_inference
-from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute
 from service.api.responses import protocol_errors
+from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute
 from service.serving import Catalog
 
 router = APIRouter(

@@ -17,8 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from service import imaging
-from service.api.serving_deps import MAX_BODY_BYTES, CatalogDep, read_capped
 from service.api.responses import errors
+from service.api.serving_deps import MAX_BODY_BYTES, CatalogDep, read_capped
 from service.schemas import ExplainedPrediction, ExplainedPredictResponse, PredictRequest
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["predict"])

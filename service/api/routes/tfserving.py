@@ -13,8 +13,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service import tfserving
-from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute, error
 from service.api.responses import protocol_errors
+from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute, error
 from service.serving import Catalog
 
 router = APIRouter(
