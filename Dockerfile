@@ -2,11 +2,13 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TAPEFIT_DATA_DIR=/data
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY service ./service
 COPY worker ./worker
+COPY benchmarks ./benchmarks
 COPY migrations ./migrations
-# Editable, so `tapefit db upgrade` finds migrations/ beside the packages.
-RUN pip install --no-cache-dir -e ".[postgres]"
+# Editable, so `tapefit db upgrade` finds migrations/ beside the packages; pinned to the
+# versions the test suite passed with.
+RUN pip install --no-cache-dir -c constraints.txt -e ".[postgres]"
 EXPOSE 8000
 CMD ["tapefit", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]
