@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.auth import TokenAuth
 from service.api.limits import RequestLimits
@@ -84,7 +86,21 @@ def _error(status_code: int, message: str, **extra: object) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status_code)
 
 
+# The prediction protocols' own prefixes: TF Serving REST (/v1) and KServe V2 (/v2).
+PROTOCOL_PREFIXES = ("/v1/", "/v2/")
+
+
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # An unknown path or method under a protocol's prefix answers in that protocol's
+        # error shape, {"error": ...}, which its clients parse; elsewhere FastAPI's own.
+        if request.url.path.startswith(PROTOCOL_PREFIXES):
+            message = f"{exc.detail}: {request.method} {request.url.path}"
+            return JSONResponse({"error": message}, status_code=exc.status_code,
+                                headers=exc.headers)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(JobNotFound)
     @app.exception_handler(ModelNotFound)
     async def _not_found(_: Request, exc: Exception) -> JSONResponse:

@@ -242,10 +242,20 @@ def test_unknown_models_and_versions_are_404(served: TestClient, trained: Traine
         ("GET", f"/v2/models/best/versions/{trained.weak}"),
         ("GET", f"/v2/models/best/versions/{trained.weak}/ready"),
         ("POST", f"/v2/models/best/versions/{trained.weak}/infer"),
+        ("GET", "/v2/nothing"), ("POST", "/v2/models/best/explain"),  # no such path
     ]:
         response = served.request(method, path, json=body if method == "POST" else None)
         assert response.status_code == 404, (path, response.text)
         assert list(response.json()) == ["error"]
+
+
+def test_a_method_the_protocol_lacks_is_405_in_its_error_shape(served: TestClient) -> None:
+    response = served.delete("/v2/models/best")
+    assert response.status_code == 405
+    assert response.json() == {"error": "Method Not Allowed: DELETE /v2/models/best"}
+    assert "GET" in response.headers["Allow"]
+    # Outside the protocols' prefixes, FastAPI's own shape stays.
+    assert served.get("/nothing").json() == {"detail": "Not Found"}
 
 
 def test_an_unfinished_job_is_not_ready(client: TestClient, database: Database) -> None:

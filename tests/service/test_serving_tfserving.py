@@ -163,6 +163,7 @@ def test_unknown_models_and_versions_are_404(served: TestClient, trained: Traine
         ("POST", f"/v1/models/best/versions/{trained.weak}:predict"),
         ("POST", f"/v1/models/{trained.good}/versions/latest:predict"),
         ("GET", f"/v1/models/{trained.good}/versions/9/metadata"),
+        ("GET", "/v1/nothing"), ("POST", "/v1/models/best/labels/x:predict"),  # no such path
     ]:
         response = served.request(method, path, json=body if method == "POST" else None)
         assert response.status_code == 404, (path, response.text)
