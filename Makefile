@@ -16,9 +16,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# Pin the whole dependency tree to what is installed now (after a passing `make test`).
+# Upgrade every dependency to the newest release pyproject.toml allows and pin the result;
+# run `make test` before committing the new constraints.txt.
 lock: $(VENV)/.installed-dev
-	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.new
+	$(BIN)/python -m pip install --quiet --upgrade -e ".[dev]"
+	{ grep '^#' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.new
 	mv constraints.new constraints.txt
 
 $(BIN)/python:

@@ -28,7 +28,7 @@ def start_serve(
     with log_path.open("w") as log:
         # The child keeps its own copy of the descriptor; ours can close at once.
         process = subprocess.Popen([TAPEFIT, "serve", "--port", "0", *args], env=dict(env),
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+                                   stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = ANNOUNCED.search(log_path.read_text())

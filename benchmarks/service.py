@@ -33,7 +33,8 @@ class ServiceFigures:
 @contextmanager
 def running_server(mnist_path: Path, data_dir: Path) -> Iterator[httpx.Client]:
     """`tapefit serve --workers 1`, stopped with SIGINT afterwards."""
-    env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir), "TAPEFIT_MNIST_PATH": str(mnist_path)}
+    env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir.resolve()),
+           "TAPEFIT_MNIST_PATH": str(mnist_path.resolve())}
     env.pop("TAPEFIT_DATABASE_URL", None)
     data_dir.mkdir(parents=True, exist_ok=True)
     process, url = start_serve("--workers", "1", env=env, log_path=data_dir / "bench-serve.log")
@@ -58,7 +59,13 @@ def running_server(mnist_path: Path, data_dir: Path) -> Iterator[httpx.Client]:
 def _first_row_seconds(client: httpx.Client, spec: dict) -> tuple[int, float]:
     started = time.perf_counter()
     job_id = client.post("/jobs", json=spec).json()["id"]
+    polls = 0
     while not client.get(f"/jobs/{job_id}/metrics", params={"limit": 1}).json()["items"]:
+        polls += 1
+        if polls % 50 == 0:  # now and then, not to blur the figure: did the job fail?
+            job = client.get(f"/jobs/{job_id}").json()
+            if job["state"] in ("failed", "cancelled"):
+                raise RuntimeError(f"job {job_id} {job['state']}: {job['error']}")
         time.sleep(0.005)
     return job_id, time.perf_counter() - started
 

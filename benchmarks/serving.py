@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -62,7 +63,8 @@ def bench_serving(
     # The server reads the same environment: with TAPEFIT_API_TOKEN set, it wants the token.
     token = settings.api_token.get_secret_value() if settings.api_token else None
     requests = _requests(job_id, image, token)
-    server, port, startup = _start_server(settings.data_dir)
+    logs = tempfile.TemporaryDirectory(prefix="tapefit-bench-")  # not the user's data dir
+    server, port, startup = _start_server(settings.data_dir, Path(logs.name) / "serve.log")
     try:
         rates: dict[str, float] = {}
         for _ in range(2):  # interleaved rounds, so drift hits every endpoint alike
@@ -76,6 +78,7 @@ def bench_serving(
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+        logs.cleanup()
     return ServingFigures(
         model=model, job_id=job_id, startup_s=round(startup, 3), rss_mb=rss, peak_rss_mb=peak,
         latency_p50_us=round(p50, 1), latency_p99_us=round(p99, 1),
@@ -124,10 +127,10 @@ def _http(method: str, path: str, body: object = None, token: str | None = None)
     return head.encode() + b"\r\n" + content
 
 
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], int, float]:
+def _start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int, float]:
     env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir)}
     started = time.perf_counter()
-    server, url = start_serve("--workers", "0", env=env, log_path=data_dir / "bench-serve.log",
+    server, url = start_serve("--workers", "0", env=env, log_path=log_path,
                               timeout=START_TIMEOUT_S)
     port = int(url.rsplit(":", 1)[1])
     while time.perf_counter() - started < START_TIMEOUT_S:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 # Seconds a SQLite writer waits for the lock before giving up with "database is locked".
@@ -52,6 +53,18 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S) -> Eng
         return engine
     # pool_pre_ping: a worker idle for hours must not fail on a connection the server closed.
     return create_engine(url, pool_pre_ping=True)
+
+
+def is_transient(exc: OperationalError) -> bool:
+    """True for an error that waiting fixes: SQLite's lock held past the busy timeout, or a
+    lost or refused connection (PostgreSQL restarting). False for the rest, such as a missing
+    table or a read-only file, which retrying would only hide."""
+    message = str(exc.orig).lower()
+    if "database is locked" in message or "database is busy" in message:
+        return True
+    # sqlite3 reports schema and file errors as OperationalError too; psycopg keeps
+    # OperationalError for connection trouble (its schema errors are ProgrammingError).
+    return exc.connection_invalidated or type(exc.orig).__module__.startswith("psycopg")
 
 
 class Database:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
@@ -353,9 +353,11 @@ def save_checkpoint(*, session: Session, lease: Lease, step: int, content: bytes
     """Replace the job's checkpoint with one taken after `step` batches. Fenced like every
     worker write: a worker that lost its lease cannot overwrite the new holder's."""
     _update_held(session, lease)
-    session.merge(
-        Checkpoint(job_id=lease.job_id, step=step, lease_epoch=lease.token, content=content,
-                   created_at=utcnow())
+    # Delete and insert rather than merge, which would first read the old blob back.
+    _drop_checkpoint(session, lease.job_id)
+    session.execute(
+        insert(Checkpoint).values(job_id=lease.job_id, step=step, lease_epoch=lease.token,
+                                  content=content, created_at=utcnow())
     )
 
 

@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from benchmarks.service import bench_service
 from tests.conftest import SAMPLE
 
 TAPEFIT = str(Path(sys.executable).parent / "tapefit")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_prints_the_training_table() -> None:
@@ -31,3 +35,15 @@ def test_bench_without_data_says_what_to_set(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "none.npz" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_service_figures_come_from_a_real_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative --mnist, as a user types it: the server and its worker must find it too.
+    monkeypatch.chdir(ROOT)
+    figures = bench_service(SAMPLE.relative_to(ROOT), tmp_path / "data", requests=50)
+    assert figures.trained_job == 1
+    assert 0 < figures.first_row_warm_s and 0 < figures.first_row_cold_s
+    assert 0 < figures.status_p50_ms <= figures.status_p99_ms
+    assert figures.status_requests == 50

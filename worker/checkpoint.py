@@ -62,8 +62,13 @@ class Checkpointer:
         if content is None:
             return FitPosition()
         with tempfile.TemporaryDirectory(prefix="tapefit-checkpoint-") as folder:
-            with tarfile.open(fileobj=io.BytesIO(content)) as tar:
-                tar.extractall(folder, filter="data")
+            with tarfile.open(fileobj=io.BytesIO(content), mode="r:") as tar:
+                # Plain files by bare name only: nothing can land outside the folder.
+                for member in tar.getmembers():
+                    if member.isfile() and member.name.startswith(f"{_PREFIX}."):
+                        (Path(folder) / Path(member.name).name).write_bytes(
+                            tar.extractfile(member).read()
+                        )
             prefix = str(Path(folder) / _PREFIX)
             reader = tf.train.load_checkpoint(prefix)
             saved = FitPosition(

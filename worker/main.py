@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from service import jobs
 from service.config import Settings
-from service.db import Database
+from service.db import Database, is_transient
 from service.jobs import Lease, LeaseLost
 from service.schemas import JobSpec
 from service.sweeper import sweep_once
@@ -33,7 +33,7 @@ class Worker:
 
     def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
         self.settings = settings
-        self.database = Database(settings.sqlalchemy_url)
+        self.database = Database(settings.sqlalchemy_url, busy_timeout=settings.sqlite_busy_timeout)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop = threading.Event()
 
@@ -60,9 +60,12 @@ class Worker:
                     continue
             except OperationalError as exc:
                 # A database locked past the busy timeout, or down for a moment: the worker
-                # waits and tries again. A job it held meanwhile is swept and resumed.
+                # waits and tries again. Other database errors (a missing table, a read-only
+                # file) are faults to see, not to wait out: they stop the worker.
+                if not is_transient(exc):
+                    raise
                 log.warning("worker %s: database unavailable, retrying: %s",
-                            self.worker_id, exc)
+                            self.worker_id, exc.orig)
                 self.stop.wait(self.settings.heartbeat_interval)
                 continue
             self.stop.wait(self.settings.poll_interval)
@@ -79,7 +82,22 @@ class Worker:
             self.run_job(lease)
         except LeaseLost as exc:
             log.warning("job %s: %s; leaving it", lease.job_id, exc)
+        except OperationalError:
+            self._hand_back(lease)
+            raise
         return True
+
+    def _hand_back(self, lease: Lease) -> None:
+        """After a write failed mid-job: return the job to the queue, where the next worker
+        resumes it from its checkpoint. If the database does not answer this either, the
+        sweepers requeue the job once its lease times out."""
+        log.warning("job %s: a database write failed; handing the job back", lease.job_id)
+        try:
+            with self.database.session(write=True) as session:
+                jobs.release_job(session=session, lease=lease)
+        except (OperationalError, LeaseLost) as exc:
+            log.warning("job %s: could not hand it back (%s); the sweepers will", lease.job_id,
+                        exc)
 
     def run_job(self, lease: Lease) -> None:
         """Train (or resume), evaluate and export one claimed job, recording its end state."""
@@ -119,6 +137,7 @@ class Worker:
             position = checkpointer.restore(
                 checkpoint, batches_per_epoch=batches, recorded_steps=recorded_steps
             )
+            del checkpoint, stored  # up to a few hundred MB for a large model
 
             def save_checkpoint() -> None:
                 recorder.record(jobs.save_checkpoint, content=checkpointer.pack(position),
@@ -148,6 +167,10 @@ class Worker:
                 log.info("job %s: cancelled", lease.job_id)
                 return
             save_checkpoint()  # with the rows still held: they commit together
+            if recorder.cancel_requested:  # asked while the checkpoint was written
+                recorder.record(jobs.mark_cancelled)
+                log.info("job %s: cancelled", lease.job_id)
+                return
             recorder.record(jobs.release_job)
             log.info("job %s: checkpointed and handed back to the queue", lease.job_id)
             return
@@ -155,8 +178,8 @@ class Worker:
             recorder.record(jobs.fail_job, error=str(exc))
             log.warning("job %s: failed: %s", lease.job_id, exc)
             return
-        except LeaseLost:
-            raise
+        except (LeaseLost, OperationalError):
+            raise  # not the job's fault: run_once decides what becomes of it
         except Exception as exc:  # any other error fails the job, not the worker
             log.exception("job %s: failed", lease.job_id)
             recorder.record(jobs.fail_job, error=f"{type(exc).__name__}: {exc}")

@@ -16,10 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.auth import TokenAuth
 from service.api.limits import RequestLimits
+from service.api.responses import is_protocol_path
 from service.api.routes import events, jobs, kserve_v2, metrics, predict, tfserving, ui
 from service.api.serving_deps import BodyTooLarge
 from service.config import Settings, get_settings
-from service.db import Database
+from service.db import Database, is_transient
 from service.imaging import ImageError, ImageTooLarge
 from service.inference import ModelStore, ModelUnavailable
 from service.jobs import JobConflict, JobNotFound
@@ -86,16 +87,12 @@ def _error(status_code: int, message: str, **extra: object) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status_code)
 
 
-# The prediction protocols' own prefixes: TF Serving REST (/v1) and KServe V2 (/v2).
-PROTOCOL_PREFIXES = ("/v1/", "/v2/")
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # An unknown path or method under a protocol's prefix answers in that protocol's
         # error shape, {"error": ...}, which its clients parse; elsewhere FastAPI's own.
-        if request.url.path.startswith(PROTOCOL_PREFIXES):
+        if is_protocol_path(request.url.path):
             message = f"{exc.detail}: {request.method} {request.url.path}"
             return JSONResponse({"error": message}, status_code=exc.status_code,
                                 headers=exc.headers)
@@ -136,10 +133,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _database_busy(_: Request, exc: OperationalError) -> JSONResponse:
-        # SQLite gave up waiting for the write lock: the client may retry shortly.
-        if "database is locked" in str(exc.orig):
+        # SQLite gave up waiting for the write lock, or PostgreSQL is out of reach for a
+        # moment: the client may retry shortly. Anything else is a real fault.
+        if is_transient(exc):
             return JSONResponse(
-                {"detail": "the database is busy; retry shortly"},
+                {"detail": "the database is busy or unreachable; retry shortly"},
                 status_code=503,
                 headers={"Retry-After": "1"},
             )

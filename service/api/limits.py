@@ -14,9 +14,10 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.responses import is_protocol_path
+
 # What the routes read: JSON, image uploads, and the KServe binary tensor extension.
 ACCEPTED_TYPES = ("application/json", "multipart/form-data", "application/octet-stream")
-PROTOCOL_PREFIXES = ("/v1/", "/v2/")
 
 
 class _TooLarge(Exception):
@@ -38,7 +39,7 @@ class RequestLimits:
         length = headers.get(b"content-length")
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         has_body = chunked or (length is not None and length.strip() not in (b"", b"0"))
-        protocol = scope["path"].startswith(PROTOCOL_PREFIXES)
+        protocol = is_protocol_path(scope["path"])
         if has_body and not protocol and not _accepted(headers.get(b"content-type", b"")):
             await _refuse(scope, receive, send, 415,
                           "send the body as application/json (or multipart/form-data for "

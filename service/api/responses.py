@@ -14,7 +14,7 @@ DESCRIPTIONS = {
     413: "The body is over the limit",
     415: "A body of a media type the route does not read",
     422: "Invalid input; `message` names the field",
-    503: "The database is busy; retry after Retry-After seconds",
+    503: "The database is busy or unreachable; retry after Retry-After seconds",
 }
 
 
@@ -26,6 +26,11 @@ class ErrorRead(BaseModel):
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route that may answer with these error codes."""
     return {code: {"model": ErrorRead, "description": DESCRIPTIONS[code]} for code in codes}
+
+
+def is_protocol_path(path: str) -> bool:
+    """Under TF Serving's (/v1) or KServe V2's (/v2) prefix, where errors are {"error": ...}."""
+    return path in ("/v1", "/v2") or path.startswith(("/v1/", "/v2/"))
 
 
 class ProtocolErrorRead(BaseModel):

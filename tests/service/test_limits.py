@@ -3,6 +3,7 @@ of a media type no route reads, and ids that cannot reach outside the data dir."
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,16 @@ def test_a_write_lock_held_too_long_is_503_with_retry_after(tmp_path: Path) -> N
     with TestClient(create_app(settings)) as client:
         assert client.post("/jobs").status_code == 201  # and nothing was half-written
         assert client.get("/jobs").json()["total"] == 1
+
+
+def test_a_database_out_of_reach_is_503_with_retry_after(tmp_path: Path) -> None:
+    # A PostgreSQL URL where nothing listens: the server is down or restarting.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{held.getsockname()[1]}/test"
+        settings = make_settings(tmp_path / "data", database_url=url)
+        with TestClient(create_app(settings)) as client:
+            response = client.get("/jobs")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "unreachable" in response.json()["detail"]

@@ -254,6 +254,7 @@ def test_a_method_the_protocol_lacks_is_405_in_its_error_shape(served: TestClien
     assert response.status_code == 405
     assert response.json() == {"error": "Method Not Allowed: DELETE /v2/models/best"}
     assert "GET" in response.headers["Allow"]
+    assert served.post("/v2").json() == {"error": "Method Not Allowed: POST /v2"}
     # Outside the protocols' prefixes, FastAPI's own shape stays.
     assert served.get("/nothing").json() == {"detail": "Not Found"}
 
