@@ -17,6 +17,11 @@ import tensorflow as tf
 
 from worker.training import FitPosition, KerasUpdater, Model, Updater
 
+
+class UnusableCheckpoint(ValueError):
+    """The stored bytes are not a checkpoint of this model (corrupt, or another shape)."""
+
+
 _PREFIX = "ckpt"  # the file names inside the archive: ckpt.index, ckpt.data-00000-of-00001
 _POSITION = ("epoch", "batch", "loss_sum", "correct_sum")
 
@@ -61,6 +66,12 @@ class Checkpointer:
         """
         if content is None:
             return FitPosition()
+        try:
+            return self._restore(content, batches_per_epoch, recorded_steps)
+        except (tarfile.TarError, tf.errors.OpError, AssertionError, ValueError) as exc:
+            raise UnusableCheckpoint(f"{type(exc).__name__}: {exc}") from exc
+
+    def _restore(self, content: bytes, batches_per_epoch: int, recorded_steps: int) -> FitPosition:
         with tempfile.TemporaryDirectory(prefix="tapefit-checkpoint-") as folder:
             with tarfile.open(fileobj=io.BytesIO(content), mode="r:") as tar:
                 # Plain files by bare name only: nothing can land outside the folder.

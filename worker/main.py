@@ -114,10 +114,19 @@ class Worker:
 
     def _train(self, lease: Lease, recorder: JobRecorder) -> None:
         # TensorFlow loads here, not at import, so `tapefit worker --help` stays fast.
-        from worker.checkpoint import Checkpointer
+        from worker.checkpoint import Checkpointer, UnusableCheckpoint
         from worker.data import DataError, limited, load_mnist
         from worker.export import export_model
-        from worker.training import Diverged, Stopped, build_model, build_updater, fit
+        from worker.training import (
+            Diverged,
+            FitPosition,
+            Model,
+            Stopped,
+            Updater,
+            build_model,
+            build_updater,
+            fit,
+        )
 
         with self.database.session() as session:
             job = jobs.get_job(session=session, job_id=lease.job_id)
@@ -131,12 +140,23 @@ class Worker:
                 spec.dataset.test_limit,
             )
             batches = math.ceil(len(data.x_train) / spec.batch_size)
-            model = build_model(spec.model, seed=spec.seed)
-            updater = build_updater(spec.optimizer)
-            checkpointer = Checkpointer(model, updater)
-            position = checkpointer.restore(
-                checkpoint, batches_per_epoch=batches, recorded_steps=recorded_steps
-            )
+
+            def fresh() -> tuple[Model, Updater, Checkpointer]:
+                model = build_model(spec.model, seed=spec.seed)
+                updater = build_updater(spec.optimizer)
+                return model, updater, Checkpointer(model, updater)
+
+            model, updater, checkpointer = fresh()
+            try:
+                position = checkpointer.restore(
+                    checkpoint, batches_per_epoch=batches, recorded_steps=recorded_steps
+                )
+            except UnusableCheckpoint as exc:
+                # Starting over beats failing the job; the rewind keeps the curve clean.
+                log.warning("job %s: its checkpoint is unusable (%s); starting over",
+                            lease.job_id, exc)
+                model, updater, checkpointer = fresh()  # nothing half-restored
+                position = FitPosition()
             del checkpoint, stored  # up to a few hundred MB for a large model
 
             def save_checkpoint() -> None:

@@ -283,3 +283,19 @@ def test_a_database_error_that_waiting_cannot_fix_stops_the_worker(tmp_path: Pat
     settings.data_dir.mkdir(parents=True)
     with Worker(settings) as worker, pytest.raises(OperationalError, match="no such table"):
         worker.run_forever()
+
+
+def test_an_unusable_checkpoint_makes_the_job_start_over_not_fail(
+    settings: Settings, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = submit(database, TINY_SPEC)
+    with database.session(write=True) as session:
+        lease = jobs.claim_job(session=session, worker_id="w1")
+        jobs.save_checkpoint(session=session, lease=lease, step=0, content=b"not a tar archive")
+        jobs.release_job(session=session, lease=lease)
+    with caplog.at_level(logging.WARNING, logger="tapefit.worker"):
+        assert run_once(settings)
+    job, metrics, _ = read(database, job_id)
+    assert job.state == JobState.succeeded, job.error
+    assert f"job {job_id}: its checkpoint is unusable" in caplog.text
+    assert [m.step for m in metrics] == list(range(job.total_steps))
