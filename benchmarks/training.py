@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from service import jobs
+from service import jobs, leases
 from service.db import Database
 from service.migrate import upgrade
 from service.schemas import JobSpec, ModelSpec, OptimizerSpec
@@ -90,7 +90,7 @@ def service_loop(data: Mnist, spec: JobSpec, *, write: bool) -> tuple[float, flo
         with database.session(write=True) as session:
             jobs.submit_job(session=session, spec=spec)
         with database.session(write=True) as session:
-            lease = jobs.claim_job(session=session, worker_id="bench")
+            lease = leases.claim_job(session=session, worker_id="bench")
         with Heartbeat(database, lease, interval=5.0) as heartbeat:
             recorder = JobRecorder(database, lease, flush_rows=100, flush_interval=1.0,
                                    stop=threading.Event(), heartbeat=heartbeat)

@@ -1,5 +1,5 @@
 """A job's training history as the API serves it: loss rows by step, the curve folded into
-buckets, and the per-epoch figures. Read-only; the worker writes it through service.jobs."""
+buckets, and the per-epoch figures. Read-only; the worker writes it through service.leases."""
 
 from __future__ import annotations
 

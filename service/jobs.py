@@ -1,43 +1,32 @@
-"""The job queue and its state machine, shared by the API and the worker.
+"""The job queue as the API sees it: submit, find, list, cancel, and the job's public view.
 
 States and their transitions (each happens in one short write transaction):
 
-    queued    -> running    claim_job: a worker takes the oldest queued job
+    queued    -> running    leases.claim_job: a worker takes the oldest queued job
     queued    -> cancelled  cancel_job: nobody has started it, so it ends at once
-    running   -> succeeded  finish_job: trained, evaluated and exported
-    running   -> failed     fail_job: an exception in the worker, with its message
-    running   -> cancelled  mark_cancelled: the worker saw cancel_requested at a batch boundary
-    running   -> queued     release_job: the worker is shutting down after a checkpoint
-    running   -> queued     requeue_stalled: no heartbeat for lease_timeout (worker lost)
-    running   -> failed     requeue_stalled: ... and the job has used up max_attempts
+    running   -> succeeded  leases.finish_job: trained, evaluated and exported
+    running   -> failed     leases.fail_job: an exception in the worker, with its message
+    running   -> cancelled  leases.mark_cancelled: the worker saw cancel_requested at a batch
+                            boundary
+    running   -> queued     leases.release_job: the worker is shutting down after a checkpoint
+    running   -> queued     leases.requeue_stalled: no heartbeat for lease_timeout (worker lost)
+    running   -> failed     leases.requeue_stalled: ... and the job has used up max_attempts
     succeeded, failed, cancelled: final, nothing leaves them.
 
-A worker's writes name its `Lease` and change nothing when the job is no longer running
-under that lease's fencing token: a worker that lost its job (paused, partitioned, presumed
-dead) cannot overwrite the history that the job's next worker writes.
+Everything a worker does to a job goes through `service.leases`, fenced by its lease.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from service.models import Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
-from service.schemas import (
-    EpochRead,
-    JobRead,
-    JobSpec,
-    JobState,
-    Progress,
-    finite_or_none,
-)
+from service import leases
+from service.models import Artifact, Job, utcnow
+from service.schemas import JobRead, JobSpec, JobState, Progress, finite_or_none
 
 
 class JobNotFound(LookupError):
@@ -47,23 +36,6 @@ class JobNotFound(LookupError):
 
 class JobConflict(RuntimeError):
     """The job is in a state that does not allow what was asked."""
-
-
-class LeaseLost(RuntimeError):
-    """The job is no longer running under this worker's lease."""
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A worker's hold on a job. `token` is the job's lease epoch at the claim: every claim
-    raises it, so it tells two claims of the same job apart."""
-
-    job_id: int
-    worker_id: str
-    token: int
-
-
-# -- the API's side ---------------------------------------------------------------------------
 
 
 def submit_job(*, session: Session, spec: JobSpec, idempotency_key: str | None = None) -> Job:
@@ -131,7 +103,7 @@ def cancel_job(*, session: Session, job_id: int) -> Job:
     if job.state == JobState.queued:
         job.state = JobState.cancelled
         job.finished_at = utcnow()
-        _drop_checkpoint(session, job_id)  # a handed-back job may have one
+        leases.drop_checkpoint(session, job_id)  # a handed-back job may have one
     elif job.state == JobState.running:
         job.cancel_requested = True
     else:
@@ -182,220 +154,6 @@ def describe(job: Job) -> JobRead:
     )
 
 
-# -- the worker's side ------------------------------------------------------------------------
-
-
-def claim_job(*, session: Session, worker_id: str) -> Lease | None:
-    """Atomically take the oldest queued job; None when the queue is empty.
-
-    PostgreSQL locks the row and skips rows other workers hold. SQLite has one writer at a
-    time (the session began with BEGIN IMMEDIATE), so a single UPDATE ... RETURNING is atomic.
-    """
-    now = utcnow()
-    oldest = select(Job.id).where(Job.state == JobState.queued).order_by(Job.id).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        job_id = session.scalar(oldest.with_for_update(skip_locked=True))
-        if job_id is None:
-            return None
-        target = Job.id == job_id
-    else:
-        target = Job.id == oldest.scalar_subquery()
-    claimed = session.execute(
-        update(Job)
-        .where(target, Job.state == JobState.queued)
-        .values(
-            state=JobState.running,
-            worker_id=worker_id,
-            attempts=Job.attempts + 1,
-            lease_epoch=Job.lease_epoch + 1,
-            started_at=func.coalesce(Job.started_at, now),
-            heartbeat_at=now,
-        )
-        .returning(Job.id, Job.lease_epoch)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if claimed is None:
-        return None
-    return Lease(job_id=claimed.id, worker_id=worker_id, token=claimed.lease_epoch)
-
-
-def _held(lease: Lease) -> list[Any]:
-    """The WHERE clause that makes a worker's write conditional on its lease."""
-    return [
-        Job.id == lease.job_id,
-        Job.state == JobState.running,
-        Job.worker_id == lease.worker_id,
-        Job.lease_epoch == lease.token,
-    ]
-
-
-def _update_held(session: Session, lease: Lease, **values: Any) -> None:
-    result = session.execute(
-        update(Job)
-        .where(*_held(lease))
-        .values(heartbeat_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        raise LeaseLost(f"job {lease.job_id} is no longer held by {lease.worker_id}")
-
-
-def start_job(
-    *, session: Session, lease: Lease, total_steps: int, step: int = 0, epoch: int = 0
-) -> None:
-    """Record the run's length and where it starts. A resumed job starts at its checkpoint
-    (`step`, `epoch`), and the history written after that point is dropped, so the finished
-    job has exactly one row per step."""
-    session.execute(delete(Metric).where(Metric.job_id == lease.job_id, Metric.step >= step))
-    session.execute(
-        delete(EpochSummary).where(
-            EpochSummary.job_id == lease.job_id, EpochSummary.epoch >= epoch
-        )
-    )
-    last_loss = session.scalar(
-        select(Metric.loss).where(Metric.job_id == lease.job_id, Metric.step == step - 1)
-    )
-    _update_held(
-        session, lease, total_steps=total_steps, steps_done=step, epoch=epoch, loss=last_loss
-    )
-
-
-def record_progress(
-    *,
-    session: Session,
-    lease: Lease,
-    rows: Sequence[dict[str, Any]],
-    steps_per_second: float | None = None,
-) -> bool:
-    """Write a group of metric rows and the job's progress; True when a cancel was asked.
-
-    Each row is a dict with the Metric columns but job_id. One multi-row INSERT keeps the
-    write short; the lease check comes first so a stale worker writes no rows.
-    """
-    cancel = session.scalar(select(Job.cancel_requested).where(*_held(lease)))
-    if cancel is None:
-        raise LeaseLost(f"job {lease.job_id} is no longer held by {lease.worker_id}")
-    values: dict[str, Any] = {}
-    if rows:
-        session.execute(
-            Metric.__table__.insert(),
-            [{**row, "job_id": lease.job_id, "loss": finite_or_none(row["loss"])} for row in rows],
-        )
-        values["steps_done"] = rows[-1]["step"] + 1
-        values["loss"] = finite_or_none(rows[-1]["loss"])
-    if steps_per_second is not None:
-        values["steps_per_second"] = steps_per_second
-    _update_held(session, lease, **values)
-    return bool(cancel)
-
-
-def record_epoch(*, session: Session, lease: Lease, summary: EpochRead) -> None:
-    """Write one finished epoch's figures; the job's `epoch` counts the finished ones."""
-    _update_held(session, lease, epoch=summary.epoch + 1)
-    row = {
-        k: finite_or_none(v) if isinstance(v, float) else v
-        for k, v in summary.model_dump().items()
-    }
-    session.add(EpochSummary(job_id=lease.job_id, **row))
-
-
-def finish_job(
-    *, session: Session, lease: Lease, test_loss: float, test_accuracy: float, model: bytes
-) -> None:
-    """running -> succeeded, with the final test figures and the exported model, together:
-    a job is never succeeded without its model, and a stale worker's model is never kept."""
-    _update_held(
-        session,
-        lease,
-        state=JobState.succeeded,
-        finished_at=utcnow(),
-        test_loss=finite_or_none(test_loss),
-        test_accuracy=test_accuracy,
-    )
-    session.merge(
-        Artifact(job_id=lease.job_id, content=model, sha256=hashlib.sha256(model).hexdigest())
-    )
-    _drop_checkpoint(session, lease.job_id)
-
-
 def model_artifact(*, session: Session, job_id: int) -> Artifact | None:
     """A succeeded job's stored model, if any."""
     return session.get(Artifact, job_id)
-
-
-def fail_job(*, session: Session, lease: Lease, error: str) -> None:
-    """running -> failed, keeping the reason for the user."""
-    _update_held(session, lease, state=JobState.failed, finished_at=utcnow(), error=error)
-    _drop_checkpoint(session, lease.job_id)
-
-
-def mark_cancelled(*, session: Session, lease: Lease) -> None:
-    """running -> cancelled, once the worker has stopped at a batch boundary."""
-    _update_held(session, lease, state=JobState.cancelled, finished_at=utcnow())
-    _drop_checkpoint(session, lease.job_id)
-
-
-def release_job(*, session: Session, lease: Lease) -> None:
-    """running -> queued, for a worker shutting down. The history stays: the next worker
-    resumes from the checkpoint and rewinds the rows written after it. A hand-back is not
-    a lost worker, so it gives back its attempt."""
-    _update_held(
-        session, lease, state=JobState.queued, worker_id=None, attempts=Job.attempts - 1
-    )
-
-
-def heartbeat(*, session: Session, lease: Lease) -> None:
-    """Tell the sweepers this worker is alive (LeaseLost when the job was taken from it)."""
-    _update_held(session, lease)
-
-
-def save_checkpoint(*, session: Session, lease: Lease, step: int, content: bytes) -> None:
-    """Replace the job's checkpoint with one taken after `step` batches. Fenced like every
-    worker write: a worker that lost its lease cannot overwrite the new holder's."""
-    _update_held(session, lease)
-    # Delete and insert rather than merge, which would first read the old blob back.
-    _drop_checkpoint(session, lease.job_id)
-    session.execute(
-        insert(Checkpoint).values(job_id=lease.job_id, step=step, lease_epoch=lease.token,
-                                  content=content, created_at=utcnow())
-    )
-
-
-def load_checkpoint(*, session: Session, job_id: int) -> Checkpoint | None:
-    """The job's newest checkpoint, if it has one."""
-    return session.get(Checkpoint, job_id)
-
-
-def _drop_checkpoint(session: Session, job_id: int) -> None:
-    """A job in a final state never resumes: its checkpoint is dead weight."""
-    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
-
-
-def requeue_stalled(
-    *, session: Session, lease_timeout: float, max_attempts: int
-) -> list[tuple[int, JobState]]:
-    """Requeue running jobs whose worker stopped heartbeating; fail those out of attempts.
-
-    Returns (job id, new state) for each job it moved.
-    """
-    cutoff = utcnow() - timedelta(seconds=lease_timeout)
-    stalled = session.scalars(
-        select(Job)
-        .where(Job.state == JobState.running, Job.heartbeat_at < cutoff)
-        .with_for_update(skip_locked=True)
-    ).all()
-    moved = []
-    for job in stalled:
-        if job.attempts >= max_attempts:
-            job.state = JobState.failed
-            job.finished_at = utcnow()
-            job.error = (
-                f"its worker was lost {job.attempts} times (no heartbeat for "
-                f"{lease_timeout:g} s); giving up after {max_attempts} attempts"
-            )
-            _drop_checkpoint(session, job.id)
-        else:
-            job.state = JobState.queued
-        job.worker_id = None
-        moved.append((job.id, JobState(job.state)))
-    return moved

@@ -12,7 +12,7 @@ import logging
 
 from sqlalchemy.exc import OperationalError
 
-from service import jobs
+from service import jobs, leases
 from service.config import Settings
 from service.db import Database
 
@@ -22,7 +22,7 @@ log = logging.getLogger("tapefit.sweeper")
 def sweep_once(database: Database, settings: Settings) -> list[tuple[int, jobs.JobState]]:
     """One pass: requeue (or fail, out of attempts) every stalled running job."""
     with database.session(write=True) as session:
-        moved = jobs.requeue_stalled(
+        moved = leases.requeue_stalled(
             session=session,
             lease_timeout=settings.lease_timeout,
             max_attempts=settings.max_attempts,

@@ -1,7 +1,7 @@
 """A job's training state as one archive, so a requeued job resumes instead of starting over.
 
 One checkpoint holds the weights, the optimizer's slots and the fit position together. It is
-packed into bytes for the database (`jobs.save_checkpoint`), not left on the worker's disk:
+packed into bytes for the database (`leases.save_checkpoint`), not left on the worker's disk:
 the job's next worker may run on another machine. The database write is fenced by the
 lease, so a worker that lost its job and wakes up late cannot overwrite the new holder's.
 """

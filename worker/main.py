@@ -17,10 +17,10 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from service import jobs
+from service import jobs, leases
 from service.config import Settings
 from service.db import Database, is_transient
-from service.jobs import Lease, LeaseLost
+from service.leases import Lease, LeaseLost
 from service.schemas import JobSpec
 from service.sweeper import sweep_once
 from worker.recorder import Heartbeat, JobRecorder
@@ -74,7 +74,7 @@ class Worker:
     def run_once(self) -> bool:
         """Run the oldest queued job, if any; True when there was one."""
         with self.database.session(write=True) as session:
-            lease = jobs.claim_job(session=session, worker_id=self.worker_id)
+            lease = leases.claim_job(session=session, worker_id=self.worker_id)
         if lease is None:
             return False
         log.info("job %s: claimed (lease %s)", lease.job_id, lease.token)
@@ -94,7 +94,7 @@ class Worker:
         log.warning("job %s: a database write failed; handing the job back", lease.job_id)
         try:
             with self.database.session(write=True) as session:
-                jobs.release_job(session=session, lease=lease)
+                leases.release_job(session=session, lease=lease)
         except (OperationalError, LeaseLost) as exc:
             log.warning("job %s: could not hand it back (%s); the sweepers will", lease.job_id,
                         exc)
@@ -131,7 +131,7 @@ class Worker:
         with self.database.session() as session:
             job = jobs.get_job(session=session, job_id=lease.job_id)
             spec, recorded_steps = JobSpec.model_validate(job.spec), job.steps_done
-            stored = jobs.load_checkpoint(session=session, job_id=lease.job_id)
+            stored = leases.load_checkpoint(session=session, job_id=lease.job_id)
             checkpoint = stored.content if stored is not None else None
         try:
             data = limited(
@@ -160,11 +160,11 @@ class Worker:
             del checkpoint, stored  # up to a few hundred MB for a large model
 
             def save_checkpoint() -> None:
-                recorder.record(jobs.save_checkpoint, content=checkpointer.pack(position),
+                recorder.record(leases.save_checkpoint, content=checkpointer.pack(position),
                                 step=position.epoch * batches + position.batch)
 
             recorder.record(
-                jobs.start_job,
+                leases.start_job,
                 total_steps=spec.epochs * batches,
                 step=position.epoch * batches + position.batch,
                 epoch=position.epoch,
@@ -183,29 +183,29 @@ class Worker:
             if recorder.heartbeat.lost.is_set():
                 raise LeaseLost(f"job {lease.job_id} was taken over") from None
             if recorder.cancel_requested:
-                recorder.record(jobs.mark_cancelled)
+                recorder.record(leases.mark_cancelled)
                 log.info("job %s: cancelled", lease.job_id)
                 return
             save_checkpoint()  # with the rows still held: they commit together
             if recorder.cancel_requested:  # asked while the checkpoint was written
-                recorder.record(jobs.mark_cancelled)
+                recorder.record(leases.mark_cancelled)
                 log.info("job %s: cancelled", lease.job_id)
                 return
-            recorder.record(jobs.release_job)
+            recorder.record(leases.release_job)
             log.info("job %s: checkpointed and handed back to the queue", lease.job_id)
             return
         except (DataError, Diverged) as exc:
-            recorder.record(jobs.fail_job, error=str(exc))
+            recorder.record(leases.fail_job, error=str(exc))
             log.warning("job %s: failed: %s", lease.job_id, exc)
             return
         except (LeaseLost, OperationalError):
             raise  # not the job's fault: run_once decides what becomes of it
         except Exception as exc:  # any other error fails the job, not the worker
             log.exception("job %s: failed", lease.job_id)
-            recorder.record(jobs.fail_job, error=f"{type(exc).__name__}: {exc}")
+            recorder.record(leases.fail_job, error=f"{type(exc).__name__}: {exc}")
             return
         recorder.record(
-            jobs.finish_job,
+            leases.finish_job,
             test_loss=test_loss,
             test_accuracy=test_accuracy,
             model=exported.read_bytes(),

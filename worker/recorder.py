@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from service import jobs
+from service import leases
 from service.db import Database
-from service.jobs import Lease, LeaseLost
+from service.leases import Lease, LeaseLost
 from service.schemas import EpochRead
 
 log = logging.getLogger("tapefit.worker")
@@ -43,7 +43,7 @@ class Heartbeat:
         while not self._done.wait(self.interval):
             try:
                 with self.database.session(write=True) as session:
-                    jobs.heartbeat(session=session, lease=self.lease)
+                    leases.heartbeat(session=session, lease=self.lease)
             except LeaseLost:
                 log.warning("job %s: lease lost; stopping", self.lease.job_id)
                 self.lost.set()
@@ -92,7 +92,7 @@ class JobRecorder:
             self.flush()
 
     def on_epoch_end(self, **figures: float | int) -> None:
-        self.record(jobs.record_epoch, summary=EpochRead(**figures))
+        self.record(leases.record_epoch, summary=EpochRead(**figures))
         self.after_epoch()
 
     def should_stop(self) -> bool:
@@ -102,13 +102,13 @@ class JobRecorder:
         self.record(None)
 
     def record(self, change: Callable[..., None] | None, **values: Any) -> None:
-        """Write the rows held so far and then `change` (a service.jobs transition), if any,
+        """Write the rows held so far and then `change` (a service.leases transition), if any,
         in one transaction: a job's last rows and its end state commit together."""
         started = time.perf_counter()
         rows, self._rows = self._rows, []
         speed = self._speed(rows)
         with self.database.session(write=True) as session:
-            cancel = jobs.record_progress(
+            cancel = leases.record_progress(
                 session=session, lease=self.lease, rows=rows, steps_per_second=speed
             )
             if change is not None:

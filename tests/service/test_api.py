@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service import jobs
+from service import jobs, leases
 from service.db import Database
 from service.schemas import EpochRead, JobSpec
 
@@ -134,7 +134,7 @@ def test_cancel_a_queued_job_ends_it_and_a_second_cancel_is_409(client: TestClie
 def test_cancel_a_running_job_asks_its_worker(client: TestClient, database: Database) -> None:
     job_id = client.post("/jobs").json()["id"]
     with database.session(write=True) as session:
-        jobs.claim_job(session=session, worker_id="w")
+        leases.claim_job(session=session, worker_id="w")
     job = client.post(f"/jobs/{job_id}/cancel").json()
     assert (job["state"], job["cancel_requested"]) == ("running", True)
 
@@ -142,13 +142,13 @@ def test_cancel_a_running_job_asks_its_worker(client: TestClient, database: Data
 def test_metrics_are_paged_by_step(client: TestClient, database: Database) -> None:
     job_id = client.post("/jobs").json()["id"]
     with database.session(write=True) as session:
-        lease = jobs.claim_job(session=session, worker_id="w")
+        lease = leases.claim_job(session=session, worker_id="w")
         rows = [
             {"step": s, "epoch": 0, "batch": s, "loss": 2.0 - s / 10, "accuracy": 0.1, "time": s}
             for s in range(5)
         ]
-        jobs.record_progress(session=session, lease=lease, rows=rows)
-        jobs.record_epoch(
+        leases.record_progress(session=session, lease=lease, rows=rows)
+        leases.record_epoch(
             session=session,
             lease=lease,
             summary=EpochRead(epoch=0, train_loss=1.8, train_accuracy=0.1, test_loss=1.7,
@@ -200,11 +200,11 @@ def test_queue_position_and_eta(client: TestClient, database: Database) -> None:
     ids = [client.post("/jobs", json={"batch_size": 100}).json()["id"] for _ in range(3)]
     assert [client.get(f"/jobs/{i}").json()["queue_position"] for i in ids] == [1, 2, 3]
     with database.session(write=True) as session:
-        lease = jobs.claim_job(session=session, worker_id="w")
-        jobs.start_job(session=session, lease=lease, total_steps=100)
+        lease = leases.claim_job(session=session, worker_id="w")
+        leases.start_job(session=session, lease=lease, total_steps=100)
         rows = [{"step": s, "epoch": 0, "batch": s, "loss": 1.0, "accuracy": 0.5, "time": s}
                 for s in range(20)]
-        jobs.record_progress(session=session, lease=lease, rows=rows, steps_per_second=8.0)
+        leases.record_progress(session=session, lease=lease, rows=rows, steps_per_second=8.0)
     running = client.get(f"/jobs/{ids[0]}").json()
     assert running["queue_position"] is None
     assert running["samples_per_second"] == 800.0  # 8 steps/s of 100 images
@@ -220,10 +220,10 @@ def test_max_points_folds_a_long_curve_into_buckets(
     job_id = client.post("/jobs").json()["id"]
     losses = [10.0 - s / 100 for s in range(1000)]
     with database.session(write=True) as session:
-        lease = jobs.claim_job(session=session, worker_id="w")
+        lease = leases.claim_job(session=session, worker_id="w")
         rows = [{"step": s, "epoch": s // 400, "batch": s % 400, "loss": losses[s],
                  "accuracy": 0.5, "time": s / 10} for s in range(1000)]
-        jobs.record_progress(session=session, lease=lease, rows=rows)
+        leases.record_progress(session=session, lease=lease, rows=rows)
     summary = client.get(f"/jobs/{job_id}/metrics", params={"max_points": 300}).json()
     assert (summary["bucket_size"], summary["total_steps"]) == (4, 1000)
     assert len(summary["items"]) == 250

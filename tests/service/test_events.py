@@ -1,6 +1,6 @@
 """The live event stream, GET /jobs/{id}/events, against a real HTTP server in this process.
 
-A stand-in worker writes a job's history with the worker's own service.jobs calls, in groups
+A stand-in worker writes a job's history with the worker's own service.leases calls, in groups
 as the real one does, so the stream is tested on exactly the rows and transactions it polls.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service import events, jobs, sweeper
+from service import events, jobs, leases, sweeper
 from service.api.app import create_app
 from service.client import Event, parse_sse
 from service.config import Settings
@@ -60,13 +60,13 @@ class FakeWorker:
                 spec = JobSpec(epochs=EPOCHS, batch_size=10)
                 job_id = jobs.submit_job(session=session, spec=spec).id
         self.job_id = job_id
-        self.lease: jobs.Lease | None = None
+        self.lease: leases.Lease | None = None
 
     def claim(self) -> None:
         with self.database.session(write=True) as session:
-            self.lease = jobs.claim_job(session=session, worker_id="fake")
+            self.lease = leases.claim_job(session=session, worker_id="fake")
             assert self.lease is not None and self.lease.job_id == self.job_id
-            jobs.start_job(session=session, lease=self.lease, total_steps=STEPS)
+            leases.start_job(session=session, lease=self.lease, total_steps=STEPS)
 
     def rows(self, first: int, last: int) -> None:
         """Batches first..last in one write."""
@@ -76,17 +76,18 @@ class FakeWorker:
             for s in range(first, last + 1)
         ]
         with self.database.session(write=True) as session:
-            jobs.record_progress(session=session, lease=self.lease, rows=rows, steps_per_second=50)
+            leases.record_progress(session=session, lease=self.lease, rows=rows,
+                                   steps_per_second=50)
 
     def epoch(self, epoch: int) -> None:
         summary = EpochRead(epoch=epoch, train_loss=0.5, train_accuracy=0.8, test_loss=0.4,
                             test_accuracy=0.9 + epoch / 100, seconds=1.0)
         with self.database.session(write=True) as session:
-            jobs.record_epoch(session=session, lease=self.lease, summary=summary)
+            leases.record_epoch(session=session, lease=self.lease, summary=summary)
 
     def finish(self) -> None:
         with self.database.session(write=True) as session:
-            jobs.finish_job(session=session, lease=self.lease, test_loss=0.3, test_accuracy=0.93,
+            leases.finish_job(session=session, lease=self.lease, test_loss=0.3, test_accuracy=0.93,
                             model=b"tflite")
 
     def run(

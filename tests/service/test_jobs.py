@@ -8,9 +8,10 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from service import history, jobs
+from service import history, jobs, leases
 from service.db import Database
-from service.jobs import JobConflict, Lease, LeaseLost
+from service.jobs import JobConflict
+from service.leases import Lease, LeaseLost
 from service.models import Metric
 from service.schemas import EpochRead, JobSpec, JobState
 
@@ -22,7 +23,7 @@ def submit(database: Database, n: int = 1) -> list[int]:
 
 def claim(database: Database, worker: str = "w1") -> Lease | None:
     with database.session(write=True) as session:
-        return jobs.claim_job(session=session, worker_id=worker)
+        return leases.claim_job(session=session, worker_id=worker)
 
 
 def state_of(database: Database, job_id: int) -> str:
@@ -70,8 +71,8 @@ def test_progress_is_written_in_groups_and_nan_is_stored_as_null(database: Datab
     (job_id,) = submit(database)
     lease = claim(database)
     with database.session(write=True) as session:
-        jobs.start_job(session=session, lease=lease, total_steps=4)
-        cancel = jobs.record_progress(
+        leases.start_job(session=session, lease=lease, total_steps=4)
+        cancel = leases.record_progress(
             session=session, lease=lease, rows=[row(0, 2.0), row(1, math.nan)]
         )
     assert cancel is False
@@ -91,8 +92,8 @@ def test_a_cancel_reaches_the_running_worker_through_its_next_write(database: Da
         job = jobs.cancel_job(session=session, job_id=job_id)
         assert (job.state, job.cancel_requested) == (JobState.running, True)
     with database.session(write=True) as session:
-        assert jobs.record_progress(session=session, lease=lease, rows=[row(0)])
-        jobs.mark_cancelled(session=session, lease=lease)
+        assert leases.record_progress(session=session, lease=lease, rows=[row(0)])
+        leases.mark_cancelled(session=session, lease=lease)
     assert state_of(database, job_id) == JobState.cancelled
 
 
@@ -102,13 +103,13 @@ def test_final_states_cannot_be_cancelled(database: Database, end: str) -> None:
     lease = claim(database)
     with database.session(write=True) as session:
         if end == "finish":
-            jobs.finish_job(
+            leases.finish_job(
                 session=session, lease=lease, test_loss=0.1, test_accuracy=0.9, model=b"m"
             )
         elif end == "fail":
-            jobs.fail_job(session=session, lease=lease, error="boom")
+            leases.fail_job(session=session, lease=lease, error="boom")
         else:
-            jobs.mark_cancelled(session=session, lease=lease)
+            leases.mark_cancelled(session=session, lease=lease)
     with database.session(write=True) as session, pytest.raises(JobConflict):
         jobs.cancel_job(session=session, job_id=job_id)
 
@@ -117,8 +118,8 @@ def test_a_released_job_is_queued_again_without_using_an_attempt(database: Datab
     (job_id,) = submit(database)
     lease = claim(database)
     with database.session(write=True) as session:
-        jobs.record_progress(session=session, lease=lease, rows=[row(0), row(1)])
-        jobs.release_job(session=session, lease=lease)
+        leases.record_progress(session=session, lease=lease, rows=[row(0), row(1)])
+        leases.release_job(session=session, lease=lease)
     with database.session() as session:
         job = jobs.get_job(session=session, job_id=job_id)
         # The history stays for the next worker to rewind to its checkpoint.
@@ -132,9 +133,11 @@ def test_a_resumed_start_drops_the_history_after_its_checkpoint(database: Databa
     (job_id,) = submit(database)
     lease = claim(database)
     with database.session(write=True) as session:
-        jobs.record_progress(session=session, lease=lease, rows=[row(s, s + 1.0) for s in range(6)])
+        leases.record_progress(
+            session=session, lease=lease, rows=[row(s, s + 1.0) for s in range(6)]
+        )
         for epoch in (0, 1):
-            jobs.record_epoch(
+            leases.record_epoch(
                 session=session,
                 lease=lease,
                 summary=EpochRead(
@@ -142,7 +145,7 @@ def test_a_resumed_start_drops_the_history_after_its_checkpoint(database: Databa
                     test_accuracy=0.5, seconds=1,
                 ),
             )
-        jobs.start_job(session=session, lease=lease, total_steps=9, step=4, epoch=1)
+        leases.start_job(session=session, lease=lease, total_steps=9, step=4, epoch=1)
     with database.session() as session:
         job = jobs.get_job(session=session, job_id=job_id)
         page = history.metrics_page(session=session, job_id=job_id, after_step=-1, limit=10)
@@ -158,13 +161,13 @@ def test_stalled_jobs_are_requeued_then_failed_after_max_attempts(database: Data
         save(database, lease, attempt, b"state")
         with database.session(write=True) as session:
             # A heartbeat within the timeout keeps the job; none for 0 s loses it.
-            jobs.heartbeat(session=session, lease=lease)
-            assert jobs.requeue_stalled(session=session, lease_timeout=60, max_attempts=3) == []
-            moved = jobs.requeue_stalled(session=session, lease_timeout=0, max_attempts=3)
+            leases.heartbeat(session=session, lease=lease)
+            assert leases.requeue_stalled(session=session, lease_timeout=60, max_attempts=3) == []
+            moved = leases.requeue_stalled(session=session, lease_timeout=0, max_attempts=3)
         expected = JobState.queued if attempt < 3 else JobState.failed
         assert moved == [(job_id, expected)]
         with pytest.raises(LeaseLost), database.session(write=True) as session:
-            jobs.heartbeat(session=session, lease=lease)
+            leases.heartbeat(session=session, lease=lease)
     with database.session() as session:
         job = jobs.get_job(session=session, job_id=job_id)
     assert job.state == JobState.failed
@@ -177,15 +180,15 @@ def test_a_worker_that_lost_its_lease_changes_nothing(database: Database) -> Non
     (job_id,) = submit(database)
     stale = claim(database, "w1")
     with database.session(write=True) as session:
-        jobs.requeue_stalled(session=session, lease_timeout=0, max_attempts=3)
+        leases.requeue_stalled(session=session, lease_timeout=0, max_attempts=3)
     current = claim(database, "w2")
     for change in (
-        lambda s: jobs.record_progress(session=s, lease=stale, rows=[row(0)]),
-        lambda s: jobs.finish_job(
+        lambda s: leases.record_progress(session=s, lease=stale, rows=[row(0)]),
+        lambda s: leases.finish_job(
             session=s, lease=stale, test_loss=0.0, test_accuracy=1.0, model=b"late"
         ),
-        lambda s: jobs.fail_job(session=s, lease=stale, error="late"),
-        lambda s: jobs.save_checkpoint(session=s, lease=stale, step=0, content=b"late"),
+        lambda s: leases.fail_job(session=s, lease=stale, error="late"),
+        lambda s: leases.save_checkpoint(session=s, lease=stale, step=0, content=b"late"),
     ):
         with pytest.raises(LeaseLost), database.session(write=True) as session:
             change(session)
@@ -193,19 +196,19 @@ def test_a_worker_that_lost_its_lease_changes_nothing(database: Database) -> Non
         job = jobs.get_job(session=session, job_id=job_id)
         assert (job.state, job.worker_id, job.error) == (JobState.running, "w2", None)
         assert session.scalar(select(func.count()).select_from(Metric)) == 0
-        assert jobs.load_checkpoint(session=session, job_id=job_id) is None
+        assert leases.load_checkpoint(session=session, job_id=job_id) is None
     assert current.token == 2
 
 
 def checkpoint_of(database: Database, job_id: int) -> tuple[int, int, bytes] | None:
     with database.session() as session:
-        found = jobs.load_checkpoint(session=session, job_id=job_id)
+        found = leases.load_checkpoint(session=session, job_id=job_id)
         return None if found is None else (found.step, found.lease_epoch, found.content)
 
 
 def save(database: Database, lease: Lease, step: int, content: bytes) -> None:
     with database.session(write=True) as session:
-        jobs.save_checkpoint(session=session, lease=lease, step=step, content=content)
+        leases.save_checkpoint(session=session, lease=lease, step=step, content=content)
 
 
 def test_a_checkpoint_is_replaced_by_the_holder_and_dropped_when_the_job_ends(
@@ -217,13 +220,13 @@ def test_a_checkpoint_is_replaced_by_the_holder_and_dropped_when_the_job_ends(
     save(database, lease, 20, b"epoch 2")
     assert checkpoint_of(database, first) == (20, 1, b"epoch 2")
     with database.session(write=True) as session:
-        jobs.release_job(session=session, lease=lease)  # a hand-back keeps it for the resume
+        leases.release_job(session=session, lease=lease)  # a hand-back keeps it for the resume
     assert checkpoint_of(database, first) == (20, 1, b"epoch 2")
     lease = claim(database, "w2")
     save(database, lease, 30, b"epoch 3")
     assert checkpoint_of(database, first) == (30, 2, b"epoch 3")
     with database.session(write=True) as session:
-        jobs.finish_job(session=session, lease=lease, test_loss=0.1, test_accuracy=0.9,
+        leases.finish_job(session=session, lease=lease, test_loss=0.1, test_accuracy=0.9,
                         model=b"tflite")
     assert checkpoint_of(database, first) is None
 
@@ -233,11 +236,11 @@ def test_a_checkpoint_is_replaced_by_the_holder_and_dropped_when_the_job_ends(
         save(database, lease, 5, b"state")
         with database.session(write=True) as session:
             if end == "fail":
-                jobs.fail_job(session=session, lease=lease, error="boom")
+                leases.fail_job(session=session, lease=lease, error="boom")
             elif end == "cancel":
-                jobs.mark_cancelled(session=session, lease=lease)
+                leases.mark_cancelled(session=session, lease=lease)
             else:
-                jobs.release_job(session=session, lease=lease)
+                leases.release_job(session=session, lease=lease)
                 jobs.cancel_job(session=session, job_id=job_id)  # queued: cancelled at once
         assert checkpoint_of(database, job_id) is None, end
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from service import history, jobs
+from service import history, jobs, leases
 from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
@@ -143,7 +143,7 @@ def test_a_cancel_stops_the_running_job_at_a_batch_boundary(
     job_id = submit(database, {**TINY_SPEC, "epochs": 5, "batch_size": 10})
     with Worker(settings) as worker:
         with database.session(write=True) as session:
-            lease = jobs.claim_job(session=session, worker_id=worker.worker_id)
+            lease = leases.claim_job(session=session, worker_id=worker.worker_id)
             jobs.cancel_job(session=session, job_id=job_id)
         worker.run_job(lease)
     job, metrics, _ = read(database, job_id)
@@ -162,14 +162,14 @@ def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly_elsewher
     with Worker(settings) as worker:
         worker.stop.set()  # as after SIGTERM: finish the batch, checkpoint, hand the job back
         with database.session(write=True) as session:
-            lease = jobs.claim_job(session=session, worker_id=worker.worker_id)
+            lease = leases.claim_job(session=session, worker_id=worker.worker_id)
         worker.run_job(lease)
     job, metrics, _ = read(database, job_id)
     # It stopped mid-epoch, at the end of its first compiled call of 16 batches.
     assert (job.state, job.attempts) == (JobState.queued, 0)
     assert [m.step for m in metrics] == list(range(STEPS_PER_CALL))
     with database.session() as session:
-        checkpoint = jobs.load_checkpoint(session=session, job_id=job_id)
+        checkpoint = leases.load_checkpoint(session=session, job_id=job_id)
         assert (checkpoint.step, checkpoint.lease_epoch) == (STEPS_PER_CALL, 1)
 
     # The next worker runs on another machine: nothing in common but the database.
@@ -189,7 +189,7 @@ def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly_elsewher
         [m.loss for m in metrics], [m.loss for m in uninterrupted], rtol=1e-5
     )
     with database.session() as session:  # a finished job keeps no checkpoint
-        assert jobs.load_checkpoint(session=session, job_id=job_id) is None
+        assert leases.load_checkpoint(session=session, job_id=job_id) is None
 
 
 def test_a_locked_database_makes_the_worker_wait_not_die(
@@ -290,9 +290,9 @@ def test_an_unusable_checkpoint_makes_the_job_start_over_not_fail(
 ) -> None:
     job_id = submit(database, TINY_SPEC)
     with database.session(write=True) as session:
-        lease = jobs.claim_job(session=session, worker_id="w1")
-        jobs.save_checkpoint(session=session, lease=lease, step=0, content=b"not a tar archive")
-        jobs.release_job(session=session, lease=lease)
+        lease = leases.claim_job(session=session, worker_id="w1")
+        leases.save_checkpoint(session=session, lease=lease, step=0, content=b"not a tar archive")
+        leases.release_job(session=session, lease=lease)
     with caplog.at_level(logging.WARNING, logger="tapefit.worker"):
         assert run_once(settings)
     job, metrics, _ = read(database, job_id)

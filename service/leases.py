@@ -1,0 +1,246 @@
+"""A worker's hold on a job: the claim, every write it makes while it runs the job, its
+heartbeat and checkpoints, and the sweep that requeues the jobs of lost workers.
+
+Each write names the worker's `Lease` and changes nothing when the job is no longer running
+under that lease's fencing token: a worker that lost its job (paused, partitioned, presumed
+dead) cannot overwrite the history that the job's next worker writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from service.models import Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
+from service.schemas import EpochRead, JobState, finite_or_none
+
+
+class LeaseLost(RuntimeError):
+    """The job is no longer running under this worker's lease."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on a job. `token` is the job's lease epoch at the claim: every claim
+    raises it, so it tells two claims of the same job apart."""
+
+    job_id: int
+    worker_id: str
+    token: int
+
+
+def claim_job(*, session: Session, worker_id: str) -> Lease | None:
+    """Atomically take the oldest queued job; None when the queue is empty.
+
+    PostgreSQL locks the row and skips rows other workers hold. SQLite has one writer at a
+    time (the session began with BEGIN IMMEDIATE), so a single UPDATE ... RETURNING is atomic.
+    """
+    now = utcnow()
+    oldest = select(Job.id).where(Job.state == JobState.queued).order_by(Job.id).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        job_id = session.scalar(oldest.with_for_update(skip_locked=True))
+        if job_id is None:
+            return None
+        target = Job.id == job_id
+    else:
+        target = Job.id == oldest.scalar_subquery()
+    claimed = session.execute(
+        update(Job)
+        .where(target, Job.state == JobState.queued)
+        .values(
+            state=JobState.running,
+            worker_id=worker_id,
+            attempts=Job.attempts + 1,
+            lease_epoch=Job.lease_epoch + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
+        )
+        .returning(Job.id, Job.lease_epoch)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if claimed is None:
+        return None
+    return Lease(job_id=claimed.id, worker_id=worker_id, token=claimed.lease_epoch)
+
+
+def _held(lease: Lease) -> list[Any]:
+    """The WHERE clause that makes a worker's write conditional on its lease."""
+    return [
+        Job.id == lease.job_id,
+        Job.state == JobState.running,
+        Job.worker_id == lease.worker_id,
+        Job.lease_epoch == lease.token,
+    ]
+
+
+def _update_held(session: Session, lease: Lease, **values: Any) -> None:
+    result = session.execute(
+        update(Job)
+        .where(*_held(lease))
+        .values(heartbeat_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(f"job {lease.job_id} is no longer held by {lease.worker_id}")
+
+
+def start_job(
+    *, session: Session, lease: Lease, total_steps: int, step: int = 0, epoch: int = 0
+) -> None:
+    """Record the run's length and where it starts. A resumed job starts at its checkpoint
+    (`step`, `epoch`), and the history written after that point is dropped, so the finished
+    job has exactly one row per step."""
+    session.execute(delete(Metric).where(Metric.job_id == lease.job_id, Metric.step >= step))
+    session.execute(
+        delete(EpochSummary).where(
+            EpochSummary.job_id == lease.job_id, EpochSummary.epoch >= epoch
+        )
+    )
+    last_loss = session.scalar(
+        select(Metric.loss).where(Metric.job_id == lease.job_id, Metric.step == step - 1)
+    )
+    _update_held(
+        session, lease, total_steps=total_steps, steps_done=step, epoch=epoch, loss=last_loss
+    )
+
+
+def record_progress(
+    *,
+    session: Session,
+    lease: Lease,
+    rows: Sequence[dict[str, Any]],
+    steps_per_second: float | None = None,
+) -> bool:
+    """Write a group of metric rows and the job's progress; True when a cancel was asked.
+
+    Each row is a dict with the Metric columns but job_id. One multi-row INSERT keeps the
+    write short; the lease check comes first so a stale worker writes no rows.
+    """
+    cancel = session.scalar(select(Job.cancel_requested).where(*_held(lease)))
+    if cancel is None:
+        raise LeaseLost(f"job {lease.job_id} is no longer held by {lease.worker_id}")
+    values: dict[str, Any] = {}
+    if rows:
+        session.execute(
+            Metric.__table__.insert(),
+            [{**row, "job_id": lease.job_id, "loss": finite_or_none(row["loss"])} for row in rows],
+        )
+        values["steps_done"] = rows[-1]["step"] + 1
+        values["loss"] = finite_or_none(rows[-1]["loss"])
+    if steps_per_second is not None:
+        values["steps_per_second"] = steps_per_second
+    _update_held(session, lease, **values)
+    return bool(cancel)
+
+
+def record_epoch(*, session: Session, lease: Lease, summary: EpochRead) -> None:
+    """Write one finished epoch's figures; the job's `epoch` counts the finished ones."""
+    _update_held(session, lease, epoch=summary.epoch + 1)
+    row = {
+        k: finite_or_none(v) if isinstance(v, float) else v
+        for k, v in summary.model_dump().items()
+    }
+    session.add(EpochSummary(job_id=lease.job_id, **row))
+
+
+def finish_job(
+    *, session: Session, lease: Lease, test_loss: float, test_accuracy: float, model: bytes
+) -> None:
+    """running -> succeeded, with the final test figures and the exported model, together:
+    a job is never succeeded without its model, and a stale worker's model is never kept."""
+    _update_held(
+        session,
+        lease,
+        state=JobState.succeeded,
+        finished_at=utcnow(),
+        test_loss=finite_or_none(test_loss),
+        test_accuracy=test_accuracy,
+    )
+    session.merge(
+        Artifact(job_id=lease.job_id, content=model, sha256=hashlib.sha256(model).hexdigest())
+    )
+    drop_checkpoint(session, lease.job_id)
+
+
+def fail_job(*, session: Session, lease: Lease, error: str) -> None:
+    """running -> failed, keeping the reason for the user."""
+    _update_held(session, lease, state=JobState.failed, finished_at=utcnow(), error=error)
+    drop_checkpoint(session, lease.job_id)
+
+
+def mark_cancelled(*, session: Session, lease: Lease) -> None:
+    """running -> cancelled, once the worker has stopped at a batch boundary."""
+    _update_held(session, lease, state=JobState.cancelled, finished_at=utcnow())
+    drop_checkpoint(session, lease.job_id)
+
+
+def release_job(*, session: Session, lease: Lease) -> None:
+    """running -> queued, for a worker shutting down. The history stays: the next worker
+    resumes from the checkpoint and rewinds the rows written after it. A hand-back is not
+    a lost worker, so it gives back its attempt."""
+    _update_held(
+        session, lease, state=JobState.queued, worker_id=None, attempts=Job.attempts - 1
+    )
+
+
+def heartbeat(*, session: Session, lease: Lease) -> None:
+    """Tell the sweepers this worker is alive (LeaseLost when the job was taken from it)."""
+    _update_held(session, lease)
+
+
+def save_checkpoint(*, session: Session, lease: Lease, step: int, content: bytes) -> None:
+    """Replace the job's checkpoint with one taken after `step` batches. Fenced like every
+    worker write: a worker that lost its lease cannot overwrite the new holder's."""
+    _update_held(session, lease)
+    # Delete and insert rather than merge, which would first read the old blob back.
+    drop_checkpoint(session, lease.job_id)
+    session.execute(
+        insert(Checkpoint).values(job_id=lease.job_id, step=step, lease_epoch=lease.token,
+                                  content=content, created_at=utcnow())
+    )
+
+
+def load_checkpoint(*, session: Session, job_id: int) -> Checkpoint | None:
+    """The job's newest checkpoint, if it has one."""
+    return session.get(Checkpoint, job_id)
+
+
+def drop_checkpoint(session: Session, job_id: int) -> None:
+    """A job in a final state never resumes: its checkpoint is dead weight."""
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+
+
+def requeue_stalled(
+    *, session: Session, lease_timeout: float, max_attempts: int
+) -> list[tuple[int, JobState]]:
+    """Requeue running jobs whose worker stopped heartbeating; fail those out of attempts.
+
+    Returns (job id, new state) for each job it moved.
+    """
+    cutoff = utcnow() - timedelta(seconds=lease_timeout)
+    stalled = session.scalars(
+        select(Job)
+        .where(Job.state == JobState.running, Job.heartbeat_at < cutoff)
+        .with_for_update(skip_locked=True)
+    ).all()
+    moved = []
+    for job in stalled:
+        if job.attempts >= max_attempts:
+            job.state = JobState.failed
+            job.finished_at = utcnow()
+            job.error = (
+                f"its worker was lost {job.attempts} times (no heartbeat for "
+                f"{lease_timeout:g} s); giving up after {max_attempts} attempts"
+            )
+            drop_checkpoint(session, job.id)
+        else:
+            job.state = JobState.queued
+        job.worker_id = None
+        moved.append((job.id, JobState(job.state)))
+    return moved
