@@ -108,7 +108,7 @@ export function jobView(id, signal) {
       h("td", { class: "num" }, percent(e.train_accuracy, 2)),
       h("td", { class: "num" }, fixed(e.test_loss)),
       h("td", { class: "num" }, percent(e.test_accuracy, 2)),
-      h("td", { class: "num" }, `${e.seconds.toFixed(1)} s`))));
+      h("td", { class: "num" }, `${e.seconds < 0.1 ? e.seconds.toFixed(2) : e.seconds.toFixed(1)} s`))));
     epochsCard.hidden = false;
     showAccuracy();
     if (perEpoch) {

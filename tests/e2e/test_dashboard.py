@@ -3,6 +3,7 @@ real `tapefit serve` and worker. Screenshots land in the test's temp dir."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def test_submit_watch_and_draw(browser: object, tmp_path: Path) -> None:
                 "Number(document.querySelector('canvas.chart')?.dataset.points) === 150"
             )
             assert page.locator("table.epochs tbody tr").count() == 3
+            # Epochs of this tiny job take hundredths of a second: shown, not rounded to 0.
+            times = page.locator("table.epochs tbody td:last-child").all_inner_texts()
+            assert all(re.fullmatch(r"\d+\.\d+ s", t) and t != "0.0 s" for t in times), times
             accuracy = page.locator(".tile", has_text="Test accuracy").locator(".tile-value")
             assert accuracy.inner_text().endswith("%")
 
