@@ -6,6 +6,7 @@ cancellation, heartbeats) happens in `fit`'s eager loop, through a `FitCallback`
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,18 @@ from service.schemas import (
 )
 from worker.data import Mnist
 from worker.naive import NaiveDense, NaiveSequential
+
+
+class _OneTracePerJob(logging.Filter):
+    """Each job builds its own model and traces its own steps once (their input signatures
+    are fixed, so a job never retraces). TensorFlow counts those traces across the jobs of a
+    long-lived worker and warns of "excessive retracing": a false alarm, kept out of the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_OneTracePerJob())
 
 _IMAGES = tf.TensorSpec([None, INPUT_SIZE], tf.float32)
 _LABELS = tf.TensorSpec([None], tf.int32)

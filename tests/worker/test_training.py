@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -309,3 +310,18 @@ def test_same_seed_same_losses(implementation: str, small: Mnist) -> None:
     run(spec.model_copy(update={"seed": 12}), data, other)
     assert first.losses == second.losses
     assert first.losses != other.losses
+
+
+def test_a_worker_running_job_after_job_logs_no_retracing_alarm(small: Mnist) -> None:
+    # Each job traces its own steps once; TensorFlow would call that excessive after 5 jobs.
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        data = limited(small, 300, 100)
+        for seed in range(7):
+            run(job("keras", epochs=1, batch_size=100, seed=seed), data, Recorder())
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [message for message in seen if "retracing" in message]
