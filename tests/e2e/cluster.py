@@ -46,10 +46,13 @@ class Cluster:
             self.env.pop("TAPEFIT_DATABASE_URL", None)
         self.processes: list[subprocess.Popen] = []
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, *, data_dir: Path | None = None) -> subprocess.Popen:
+        """A `tapefit worker`; with `data_dir`, one that shares no disk with the others (as
+        on another machine: only the database in common)."""
+        env = self.env if data_dir is None else {**self.env, "TAPEFIT_DATA_DIR": str(data_dir)}
         # The child keeps its own copy of the descriptor; ours can close at once.
         with (self.tmp_path / f"worker{len(self.processes)}.log").open("w") as log:
-            process = subprocess.Popen([TAPEFIT, "worker"], env=self.env, stdout=log,
+            process = subprocess.Popen([TAPEFIT, "worker"], env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process

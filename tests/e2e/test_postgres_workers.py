@@ -51,3 +51,28 @@ def test_four_workers_run_twenty_jobs_each_exactly_once(cluster: Cluster) -> Non
         assert response.status_code == 200, response.text
         assert len(response.json()["predictions"][0]["probabilities"]) == 10
         assert api.get("/jobs/best/model").content[4:8] == b"TFL3"  # a TFLite flatbuffer
+
+
+def test_a_killed_workers_job_resumes_on_another_machine(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    empty_postgres(postgres_url)
+    cluster = Cluster(tmp_path, database_url=postgres_url, lease_timeout=2.0)
+    # 63 batches an epoch, 40 epochs: far longer than the wait for epoch 2 (see test_recovery).
+    spec = {"epochs": 40, "batch_size": 32, "dataset": {"train_limit": 2000, "test_limit": 200},
+            "model": {"layers": [{"units": 64}, {"units": 10, "activation": "softmax"}]}}
+    try:
+        job_id = cluster.submit(spec)
+        first = cluster.start_worker(data_dir=tmp_path / "machine-a")
+        cluster.wait(lambda: cluster.job(job_id).steps_done >= 63 + 10, 120, "epoch 2")
+        first.kill()
+        first.wait()
+        # Another machine: its own disk, the database in common. It sweeps the dead worker's
+        # job once the 2 s lease times out, and resumes it from the checkpoint.
+        cluster.start_worker(data_dir=tmp_path / "machine-b")
+        job = cluster.wait_final(job_id, timeout=180)
+        assert job.state == JobState.succeeded, job.error
+        assert cluster.steps(job_id) == list(range(40 * 63))
+        assert "resuming at epoch" in cluster.log(1)
+    finally:
+        cluster.close()
