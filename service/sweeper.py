@@ -12,14 +12,15 @@ import logging
 
 from sqlalchemy.exc import OperationalError
 
-from service import jobs, leases
+from service import leases
 from service.config import Settings
 from service.db import Database
+from service.schemas import JobState
 
 log = logging.getLogger("tapefit.sweeper")
 
 
-def sweep_once(database: Database, settings: Settings) -> list[tuple[int, jobs.JobState]]:
+def sweep_once(database: Database, settings: Settings) -> list[tuple[int, JobState]]:
     """One pass: requeue (or fail, out of attempts) every stalled running job."""
     with database.session(write=True) as session:
         moved = leases.requeue_stalled(

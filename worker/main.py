@@ -182,12 +182,9 @@ class Worker:
         except Stopped:
             if recorder.heartbeat.lost.is_set():
                 raise LeaseLost(f"job {lease.job_id} was taken over") from None
+            if not recorder.cancel_requested:
+                save_checkpoint()  # with the rows still held; it may learn of a cancel too
             if recorder.cancel_requested:
-                recorder.record(leases.mark_cancelled)
-                log.info("job %s: cancelled", lease.job_id)
-                return
-            save_checkpoint()  # with the rows still held: they commit together
-            if recorder.cancel_requested:  # asked while the checkpoint was written
                 recorder.record(leases.mark_cancelled)
                 log.info("job %s: cancelled", lease.job_id)
                 return
