@@ -22,8 +22,10 @@ from service.db import Database
 from service.migrate import upgrade
 from service.schemas import JobSpec, ModelSpec, OptimizerSpec
 from worker.data import Mnist
+from worker.models import build_model
 from worker.recorder import Heartbeat, JobRecorder
-from worker.training import BatchGenerator, build_model, build_updater, fit, one_training_step
+from worker.training import BatchGenerator, fit, one_training_step
+from worker.updaters import build_updater
 
 
 @dataclass

@@ -59,6 +59,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
         "--test-limit", type=int, metavar="N", help="evaluate on the first N test images"
     )
     submit.add_argument("--seed", type=int, metavar="N")
+    submit.add_argument(
+        "--no-shuffle", dest="shuffle", action="store_false", default=None,
+        help="visit the training images in order every epoch, as the book's BatchGenerator",
+    )
     submit.add_argument("--follow", action="store_true", help="then follow it, as `follow`")
 
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
@@ -104,6 +108,7 @@ def spec_from(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "dataset": {"train_limit": args.train_limit, "test_limit": args.test_limit},
         "seed": args.seed,
+        "shuffle": args.shuffle,
     }
     spec = {}
     for key, value in parts.items():

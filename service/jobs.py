@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from service import leases
+from service import leases, workers
 from service.models import Artifact, Job, utcnow
 from service.schemas import JobRead, JobSpec, JobState, Progress, finite_or_none
 
@@ -72,7 +72,9 @@ def find_submission(*, session: Session, idempotency_key: str, spec: JobSpec) ->
     The same key with another spec is a JobConflict: that client is not retrying.
     """
     earlier = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-    if earlier is not None and earlier.spec != spec.model_dump(mode="json"):
+    # Compared as specs, not as stored JSON: a job stored before a field existed has the
+    # field's default, which is what its spec means.
+    if earlier is not None and JobSpec.model_validate(earlier.spec) != spec:
         raise JobConflict("this Idempotency-Key was used for a different job spec")
     return earlier
 
@@ -151,7 +153,20 @@ def describe(job: Job) -> JobRead:
         samples_per_second=round(speed * spec.batch_size, 1) if speed else None,
         eta_seconds=round((total - job.steps_done) / speed, 1) if speed and total else None,
         queue_position=queue_position(session=session, job=job) if session else None,
+        **_waiting_for_a_worker(session, job),
     )
+
+
+def _waiting_for_a_worker(session: Session | None, job: Job) -> dict[str, object]:
+    """For a queued job, how many workers are alive to run it (one count query), and a note
+    when none is: otherwise it would look merely slow to start."""
+    if session is None or job.state != JobState.queued:
+        return {}
+    alive = workers.count_alive(session=session)
+    if alive:
+        return {"workers_alive": alive}
+    return {"workers_alive": 0, "note": "no worker is alive to run it: start one with "
+                                        "`tapefit worker` (or `tapefit serve --workers 1`)"}
 
 
 def model_artifact(*, session: Session, job_id: int) -> Artifact | None:

@@ -144,6 +144,11 @@ class JobSpec(Strict):
     batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    shuffle: bool = Field(
+        default=True,
+        description="visit the training set in a new seeded order each epoch; false: in "
+        "order, as the book's BatchGenerator does",
+    )
 
 
 class Progress(BaseModel):

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from worker.training import FitPosition, KerasUpdater, Model, Updater
+from worker.models import Model
+from worker.training import FitPosition
+from worker.updaters import Updater
 
 
 class UnusableCheckpoint(ValueError):
@@ -30,8 +32,7 @@ class Checkpointer:
     """Packs and restores one job's model, optimizer state and fit position."""
 
     def __init__(self, model: Model, updater: Updater) -> None:
-        if isinstance(updater, KerasUpdater):
-            updater.build(model.weights)  # its slots must exist before they can be restored
+        updater.build(model.weights)  # its slots must exist before they can be restored
         self._position = {
             "epoch": tf.Variable(0, dtype=tf.int64),
             "batch": tf.Variable(0, dtype=tf.int64),

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from service.files import write_atomically
 from service.schemas import INPUT_SIZE
-from worker.training import Model, predict_probabilities
+from worker.models import Model, predict_probabilities
 
 MODEL_FILE = "model.tflite"
 

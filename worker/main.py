@@ -117,16 +117,9 @@ class Worker:
         from worker.checkpoint import Checkpointer, UnusableCheckpoint
         from worker.data import DataError, limited, load_mnist
         from worker.export import export_model
-        from worker.training import (
-            Diverged,
-            FitPosition,
-            Model,
-            Stopped,
-            Updater,
-            build_model,
-            build_updater,
-            fit,
-        )
+        from worker.models import Model, build_model
+        from worker.training import Diverged, FitPosition, Stopped, fit
+        from worker.updaters import Updater, build_updater
 
         with self.database.session() as session:
             job = jobs.get_job(session=session, job_id=lease.job_id)
@@ -176,7 +169,7 @@ class Worker:
             recorder.after_epoch = save_checkpoint
             test_loss, test_accuracy = fit(
                 model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
-                seed=spec.seed, callback=recorder, position=position,
+                seed=spec.seed, shuffle=spec.shuffle, callback=recorder, position=position,
             )
             exported = export_model(model, self.job_dir(lease.job_id))
         except Stopped:

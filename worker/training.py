@@ -9,25 +9,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Protocol, assert_never
+from typing import Protocol
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from service.schemas import (
-    INPUT_SIZE,
-    Activation,
-    Implementation,
-    ModelSpec,
-    OptimizerName,
-    OptimizerSpec,
-)
+from service.schemas import INPUT_SIZE
 from worker.data import Mnist
-from worker.naive import NaiveDense, NaiveSequential
+from worker.models import IMAGES, LABELS, Model, is_correct, per_sample_loss
+from worker.updaters import Updater
 
 
 class _OneTracePerJob(logging.Filter):
@@ -40,16 +32,6 @@ class _OneTracePerJob(logging.Filter):
 
 
 tf.get_logger().addFilter(_OneTracePerJob())
-
-_IMAGES = tf.TensorSpec([None, INPUT_SIZE], tf.float32)
-_LABELS = tf.TensorSpec([None], tf.int32)
-_NAIVE_ACTIVATIONS = {
-    Activation.relu: tf.nn.relu,
-    Activation.sigmoid: tf.nn.sigmoid,
-    Activation.tanh: tf.nn.tanh,
-    Activation.softmax: tf.nn.softmax,
-    Activation.linear: tf.identity,
-}
 
 TrainStep = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
@@ -110,165 +92,17 @@ class BatchGenerator:
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
 
 
-class Model:
-    """What `build_model` returns, whichever the implementation.
-
-    `weights` are trainable tf.Variables; for keras, the ones behind its layers' variables, so
-    tapes, updaters, checkpoints and the TFLite converter all see one kind of variable.
-    """
-
-    def __init__(
-        self,
-        network: Callable[[tf.Tensor], tf.Tensor],
-        weights: list[tf.Variable],
-        *,
-        outputs_probabilities: bool,
-    ) -> None:
-        self.network = network
-        self.weights = weights
-        # False when the last activation is not softmax: the outputs are then logits.
-        self.outputs_probabilities = outputs_probabilities
-
-    def __call__(self, inputs: tf.Tensor) -> tf.Tensor:
-        return self.network(inputs)
-
-    @cached_property
-    def _evaluate_step(self) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-        # Compiled once per model (not per evaluate call): a trace costs more than an epoch's
-        # evaluation on a small test set.
-        @tf.function(input_signature=[_IMAGES, _LABELS])
-        def step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            outputs = self(images)
-            loss = tf.reduce_sum(_per_sample_loss(self, outputs, labels))
-            correct = tf.reduce_sum(tf.cast(_is_correct(outputs, labels), tf.float32))
-            return loss, correct
-
-        return step
-
-
-def build_model(spec: ModelSpec, *, seed: int) -> Model:
-    """The network `spec` describes, its initial weights fixed by `seed`."""
-    outputs_probabilities = spec.layers[-1].activation is Activation.softmax
-    if spec.implementation is Implementation.naive:
-        rng = tf.random.Generator.from_seed(seed)
-        layers, fan_in = [], INPUT_SIZE
-        for layer in spec.layers:
-            activation = _NAIVE_ACTIVATIONS[layer.activation]
-            layers.append(NaiveDense(fan_in, layer.units, activation, rng=rng))
-            fan_in = layer.units
-        network = NaiveSequential(layers)
-        return Model(network, network.weights, outputs_probabilities=outputs_probabilities)
-    seeds = np.random.SeedSequence(seed).generate_state(len(spec.layers))
-    network = keras.Sequential(
-        [keras.Input((INPUT_SIZE,))]
-        + [
-            keras.layers.Dense(
-                layer.units,
-                activation=layer.activation.value,
-                kernel_initializer=keras.initializers.GlorotUniform(seed=int(layer_seed >> 1)),
-            )
-            for layer, layer_seed in zip(spec.layers, seeds, strict=True)
-        ]
-    )
-    # A keras 3 Variable wraps a tf.Variable (its `.value` under the TensorFlow backend); tf.Module
-    # tracking and the TFLite converter see only the wrapped one.
-    weights = [variable.value for variable in network.trainable_weights]
-    return Model(network, weights, outputs_probabilities=outputs_probabilities)
-
-
-def predict_probabilities(model: Model, images: tf.Tensor) -> tf.Tensor:
-    """The model's class probabilities, shape (N, 10), whatever its last activation."""
-    outputs = model(images)
-    return outputs if model.outputs_probabilities else tf.nn.softmax(outputs)
-
-
-class Updater(Protocol):
-    """Applies one batch's gradients to the weights."""
-
-    def apply(self, gradients: Sequence[tf.Tensor], weights: Sequence[tf.Variable]) -> None: ...
-
-    @property
-    def variables(self) -> list[tf.Variable]:
-        """The updater's own state (optimizer slots, step count), for checkpoints."""
-        ...
-
-
-class ManualSGD:
-    """The book's `update_weights`: plain gradient descent, no optimizer state."""
-
-    def __init__(self, learning_rate: float) -> None:
-        self.learning_rate = learning_rate
-
-    def apply(self, gradients: Sequence[tf.Tensor], weights: Sequence[tf.Variable]) -> None:
-        for g, w in zip(gradients, weights, strict=True):
-            w.assign_sub(g * self.learning_rate)
-
-    @property
-    def variables(self) -> list[tf.Variable]:
-        return []
-
-
-class KerasUpdater:
-    """A keras optimizer; it accepts plain tf.Variables as well as keras ones."""
-
-    def __init__(self, optimizer: keras.optimizers.Optimizer) -> None:
-        self.optimizer = optimizer
-
-    def build(self, weights: Sequence[tf.Variable]) -> None:
-        """Create the optimizer's slots eagerly, so a compiled step traces only once."""
-        if not self.optimizer.built:
-            self.optimizer.build(list(weights))
-
-    def apply(self, gradients: Sequence[tf.Tensor], weights: Sequence[tf.Variable]) -> None:
-        self.optimizer.apply(list(gradients), list(weights))
-
-    @property
-    def variables(self) -> list[tf.Variable]:
-        # The tf.Variables behind keras 3's own, as for the model's weights.
-        return [variable.value for variable in self.optimizer.variables]
-
-
-def build_updater(spec: OptimizerSpec) -> ManualSGD | KerasUpdater:
-    """The updater `spec` names, at its learning rate."""
-    rate = spec.learning_rate
-    match spec.name:
-        case OptimizerName.manual_sgd:
-            return ManualSGD(rate)
-        case OptimizerName.sgd:
-            return KerasUpdater(keras.optimizers.SGD(rate))
-        case OptimizerName.momentum:
-            return KerasUpdater(keras.optimizers.SGD(rate, momentum=spec.momentum))
-        case OptimizerName.rmsprop:
-            return KerasUpdater(keras.optimizers.RMSprop(rate))
-        case OptimizerName.adam:
-            return KerasUpdater(keras.optimizers.Adam(rate))
-    assert_never(spec.name)
-
-
-def _per_sample_loss(model: Model, outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    # Outputs of a last layer other than softmax are taken as logits. Softmax outputs: in a
-    # compiled graph keras finds the Softmax op and works from its input, so the loss is not
-    # clipped at -log(1e-7) there and a diverging model shows as a non-finite loss.
-    return keras.losses.sparse_categorical_crossentropy(
-        labels, outputs, from_logits=not model.outputs_probabilities
-    )
-
-
-def _is_correct(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    return tf.equal(tf.argmax(outputs, axis=1, output_type=tf.int32), tf.cast(labels, tf.int32))
-
-
 def one_training_step(
     model: Model, updater: Updater, images_batch: tf.Tensor, labels_batch: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The book's step: forward pass under a tape, gradients, update; (mean loss, accuracy)."""
     with tf.GradientTape() as tape:
         predictions = model(images_batch)
-        per_sample_losses = _per_sample_loss(model, predictions, labels_batch)
+        per_sample_losses = per_sample_loss(model, predictions, labels_batch)
         average_loss = tf.reduce_mean(per_sample_losses)
     gradients = tape.gradient(average_loss, model.weights)
     updater.apply(gradients, model.weights)
-    accuracy = tf.reduce_mean(tf.cast(_is_correct(predictions, labels_batch), tf.float32))
+    accuracy = tf.reduce_mean(tf.cast(is_correct(predictions, labels_batch), tf.float32))
     return average_loss, accuracy
 
 
@@ -277,10 +111,9 @@ def make_train_step(model: Model, updater: Updater) -> TrainStep:
 
     The fixed input signature keeps the last, smaller batch from tracing a second graph.
     """
-    if isinstance(updater, KerasUpdater):
-        updater.build(model.weights)
+    updater.build(model.weights)
 
-    @tf.function(input_signature=[_IMAGES, _LABELS])
+    @tf.function(input_signature=[IMAGES, LABELS])
     def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return one_training_step(model, updater, images, labels)
 
@@ -305,8 +138,7 @@ TrainSteps = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 def make_train_steps(model: Model, updater: Updater) -> TrainSteps:
     """Compile `one_training_step` over a stack of equal batches, shape (K, B, 784) and
     (K, B): the steps run in order, and each one's (loss, accuracy) comes back, shape (K,)."""
-    if isinstance(updater, KerasUpdater):
-        updater.build(model.weights)
+    updater.build(model.weights)
 
     @tf.function(
         input_signature=[
@@ -333,7 +165,7 @@ def evaluate(
     """Mean loss and accuracy over `images`, computed in compiled batches."""
     total_loss = total_correct = 0.0
     for start in range(0, len(images), batch_size):
-        loss, correct = model._evaluate_step(
+        loss, correct = model.evaluate_step(
             images[start : start + batch_size], labels[start : start + batch_size]
         )
         total_loss += float(loss)
@@ -406,6 +238,7 @@ def fit(
     seed: int,
     callback: FitCallback,
     position: FitPosition | None = None,
+    shuffle: bool = True,
 ) -> tuple[float, float]:
     """Runs the epochs from `position` (the start by default); returns the final
     (test_loss, test_accuracy).
@@ -421,7 +254,8 @@ def fit(
         return evaluate(model, data.x_test, data.y_test)
     train_step, train_steps = make_train_step(model, updater), make_train_steps(model, updater)
     num_samples = len(data.y_train)
-    batches = BatchGenerator(data.x_train, data.y_train, batch_size, seed=seed)
+    # Unshuffled, the batches go in order every epoch, exactly as the book's generator yields them.
+    batches = BatchGenerator(data.x_train, data.y_train, batch_size, seed=seed if shuffle else None)
     full_batches = num_samples // batch_size
     # Each call's images are gathered into this one small buffer, in visiting order: no
     # shuffled copy of the whole set (whose fresh pages cost ~0.4 s before a job's first step).

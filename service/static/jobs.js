@@ -21,6 +21,7 @@ function form() {
     epochs: h("input", { name: "epochs", type: "number", value: "5", min: "1", max: "100" }),
     batch_size: h("input", { name: "batch_size", type: "number", value: "128", min: "1" }),
     train_limit: h("input", { name: "train_limit", type: "number", min: "1", placeholder: "all" }),
+    shuffle: h("input", { name: "shuffle", type: "checkbox", checked: true }),
   };
   const error = h("div", { class: "error", hidden: true });
   const button = h("button", { class: "button primary", type: "submit" }, "Start training");
@@ -36,6 +37,7 @@ function form() {
         epochs: Number(inputs.epochs.value),
         batch_size: Number(inputs.batch_size.value),
         dataset: { train_limit: inputs.train_limit.value ? Number(inputs.train_limit.value) : null },
+        shuffle: inputs.shuffle.checked,
       };
     } catch (e) {
       error.textContent = e.message;
@@ -62,6 +64,7 @@ function form() {
     h("div", { class: "row" }, field("Optimizer", inputs.optimizer), field("Learning rate", inputs.learning_rate)),
     h("div", { class: "row" }, field("Epochs", inputs.epochs), field("Batch size", inputs.batch_size)),
     field("Training images", inputs.train_limit, "the first N of 60,000; empty: all"),
+    field("Shuffle each epoch", inputs.shuffle, "off: in order, as the book's BatchGenerator"),
     error,
     button);
 }

@@ -49,7 +49,8 @@ export function describeModel(spec) {
 
 export function describeTraining(spec) {
   const images = spec.dataset.train_limit ? `${spec.dataset.train_limit.toLocaleString("en-US")} images` : "all images";
-  return `${spec.optimizer.name} lr ${spec.optimizer.learning_rate} · ${spec.epochs} epoch${spec.epochs === 1 ? "" : "s"} · batch ${spec.batch_size} · ${images}`;
+  const order = spec.shuffle === false ? " · in order" : "";
+  return `${spec.optimizer.name} lr ${spec.optimizer.learning_rate} · ${spec.epochs} epoch${spec.epochs === 1 ? "" : "s"} · batch ${spec.batch_size} · ${images}${order}`;
 }
 
 export function ago(iso) {

@@ -140,7 +140,8 @@ def test_submit_flags_make_a_spec_with_only_what_was_given() -> None:
     assert spec_from(_parser().parse_args(["submit"])) == {}
     args = _parser().parse_args(["submit", "--epochs", "3", "--batch-size", "32", "--optimizer",
                                  "manual_sgd", "--lr", "0.1", "--layers", "128,10",
-                                 "--implementation", "naive", "--train-limit", "10000"])
+                                 "--implementation", "naive", "--train-limit", "10000",
+                                 "--no-shuffle"])
     assert spec_from(args) == {
         "model": {"implementation": "naive",
                   "layers": [{"units": 128, "activation": "relu"},
@@ -149,6 +150,7 @@ def test_submit_flags_make_a_spec_with_only_what_was_given() -> None:
         "epochs": 3,
         "batch_size": 32,
         "dataset": {"train_limit": 10000},
+        "shuffle": False,
     }
 
 

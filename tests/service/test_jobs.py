@@ -253,3 +253,20 @@ def test_list_is_newest_first_filtered_and_paginated(database: Database) -> None
         assert [job.id for job in page] == [ids[3], ids[2]] and total == 5
         queued, total = jobs.list_jobs(session=session, state=JobState.queued, limit=10, offset=0)
         assert [job.id for job in queued] == ids[:0:-1] and total == 4
+
+
+def test_a_spec_stored_before_a_field_existed_means_the_same_job(database: Database) -> None:
+    """Old job specs keep their meaning: a stored spec without `shuffle` is a shuffled job,
+    and a retry of its submission with today's spec is recognised as the same job."""
+    with database.session(write=True) as session:
+        job = jobs.submit_job(session=session, spec=JobSpec(), idempotency_key="old-client")
+        stored = dict(job.spec)
+        del stored["shuffle"]  # as a job written by an earlier version
+        job.spec = stored
+    with database.session(write=True) as session:
+        assert JobSpec.model_validate(jobs.get_job(session=session, job_id=job.id).spec).shuffle
+        again = jobs.submit_job(session=session, spec=JobSpec(), idempotency_key="old-client")
+        assert again.id == job.id
+        with pytest.raises(JobConflict):
+            jobs.submit_job(session=session, spec=JobSpec(shuffle=False),
+                            idempotency_key="old-client")

@@ -25,7 +25,7 @@ def test_litert_matches_a_trained_tensorflow_model_within_1e_5(
     import tensorflow as tf
 
     from worker.export import export_model
-    from worker.training import build_model, predict_probabilities
+    from worker.models import build_model, predict_probabilities
 
     spec = JobSpec.model_validate({**GOOD_SPEC, "model": {**GOOD_SPEC["model"],
                                                           "implementation": implementation}})

@@ -9,7 +9,9 @@ import pytest
 from service.schemas import JobSpec
 from worker.checkpoint import Checkpointer
 from worker.data import Mnist, limited
-from worker.training import FitPosition, Stopped, build_model, build_updater, fit
+from worker.models import build_model
+from worker.training import FitPosition, Stopped, fit
+from worker.updaters import build_updater
 
 SPEC = {"epochs": 2, "batch_size": 25, "seed": 3,
         "model": {"layers": [{"units": 32, "activation": "relu"},

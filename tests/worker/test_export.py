@@ -11,7 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 from service.schemas import ModelSpec
 from worker.data import Mnist
 from worker.export import export_model
-from worker.training import build_model, predict_probabilities
+from worker.models import build_model, predict_probabilities
 
 SPECS = {
     "naive": ModelSpec(implementation="naive"),

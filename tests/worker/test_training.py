@@ -11,21 +11,19 @@ import tensorflow as tf
 
 from service.schemas import JobSpec, ModelSpec, OptimizerName, OptimizerSpec
 from worker.data import Mnist, limited
+from worker.models import build_model, predict_probabilities
 from worker.training import (
     STEPS_PER_CALL,
     BatchGenerator,
     Diverged,
     FitPosition,
-    ManualSGD,
     Stopped,
-    build_model,
-    build_updater,
     evaluate,
     fit,
     make_train_step,
     one_training_step,
-    predict_probabilities,
 )
+from worker.updaters import ManualSGD, build_updater
 
 IMPLEMENTATIONS = ["naive", "keras"]
 # Settings that learn within a test's few dozen steps. The naive layers' uniform [0, 0.1)
@@ -261,6 +259,25 @@ def test_stacked_calls_give_the_same_losses_as_single_steps(small: Mnist) -> Non
     batches = BatchGenerator(small.x_train, small.y_train, 20, seed=4)
     single = [float(step(images, labels)[0]) for images, labels in batches]
     np.testing.assert_allclose(stacked.losses, single, rtol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_unshuffled_epochs_visit_the_batches_in_order(implementation: str, small: Mnist) -> None:
+    """shuffle=False is the seeds' BatchGenerator: every epoch, images[0:B], images[B:2B], ..."""
+    spec = job(implementation, epochs=2, batch_size=100, seed=4)
+    in_order = Recorder()
+    run(spec, small, in_order, shuffle=False)
+    model, updater = build_model(spec.model, seed=4), build_updater(spec.optimizer)
+    step = make_train_step(model, updater)
+    single = [
+        float(step(small.x_train[start : start + 100], small.y_train[start : start + 100])[0])
+        for _ in range(2)
+        for start in range(0, len(small.x_train), 100)
+    ]
+    np.testing.assert_allclose(in_order.losses, single, rtol=1e-5)
+    shuffled = Recorder()
+    run(spec, small, shuffled)
+    assert not np.allclose(shuffled.losses, single, rtol=1e-3)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
