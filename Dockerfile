@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TAPEFIT_DATA_DIR=/data
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md alembic.ini ./
+COPY pyproject.toml setup.py constraints.txt README.md alembic.ini ./
 COPY service ./service
 COPY worker ./worker
 COPY benchmarks ./benchmarks

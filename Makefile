@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint lock clean
 
+# serve migrates before it starts its workers (and they find the database at its head).
 run: $(VENV)/.installed
-	$(BIN)/tapefit db upgrade
 	$(BIN)/tapefit serve --host 127.0.0.1 --port 8000 --workers 1
 
 test: $(VENV)/.installed-dev

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,21 +51,29 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A migrated scratch database on the PostgreSQL server, dropped after the session."""
+@contextmanager
+def scratch_postgres(suffix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the PostgreSQL server, dropped afterwards."""
     server = make_url(POSTGRES_URL)
-    name = f"tapefit_test_{os.getpid()}"
+    name = f"tapefit_test_{os.getpid()}_{suffix}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated scratch database on the PostgreSQL server, dropped after the session."""
+    with scratch_postgres("session") as url:
+        upgrade(url)
+        yield url
 
 
 def empty_postgres(url: str) -> None:
