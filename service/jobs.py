@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
@@ -100,15 +100,25 @@ def list_jobs(
 
 
 def cancel_job(*, session: Session, job_id: int) -> Job:
-    """Cancel a queued job at once, or ask the worker to stop a running one."""
+    """Cancel a queued job at once, or ask the worker to stop a running one.
+
+    Each transition is guarded by the state in its own UPDATE: on PostgreSQL a worker may
+    claim the job between our read and our write, and then the job is running, so the
+    cancel becomes a request its worker sees at its next write.
+    """
     job = get_job(session=session, job_id=job_id)
-    if job.state == JobState.queued:
-        job.state = JobState.cancelled
-        job.finished_at = utcnow()
+    guarded = update(Job).where(Job.id == job_id).execution_options(synchronize_session=False)
+    cancelled = session.execute(
+        guarded.where(Job.state == JobState.queued)
+        .values(state=JobState.cancelled, finished_at=utcnow())
+    ).rowcount
+    if cancelled:
         leases.drop_checkpoint(session, job_id)  # a handed-back job may have one
-    elif job.state == JobState.running:
-        job.cancel_requested = True
-    else:
+    asked = cancelled or session.execute(
+        guarded.where(Job.state == JobState.running).values(cancel_requested=True)
+    ).rowcount
+    session.refresh(job)
+    if not asked:
         raise JobConflict(f"job {job_id} is already {job.state}")
     return job
 

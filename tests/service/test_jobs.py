@@ -270,3 +270,26 @@ def test_a_spec_stored_before_a_field_existed_means_the_same_job(database: Datab
         with pytest.raises(JobConflict):
             jobs.submit_job(session=session, spec=JobSpec(shuffle=False),
                             idempotency_key="old-client")
+
+
+def test_a_cancel_racing_a_claim_asks_the_worker_instead_of_ending_a_running_job(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL: the cancel read the job queued, then a worker claimed it before the cancel
+    wrote. The job is running, so the cancel becomes a request its worker will see; it must
+    not mark a running job cancelled under its worker. (SQLite's writers cannot interleave.)"""
+    from tests.conftest import empty_postgres
+
+    empty_postgres(postgres_url)
+    database = Database(postgres_url)
+    try:
+        (job_id,) = submit(database)
+        with database.session(write=True) as cancelling:
+            jobs.get_job(session=cancelling, job_id=job_id)  # seen queued
+            lease = claim(database)  # another transaction claims it and commits
+            assert lease is not None and lease.job_id == job_id
+            job = jobs.cancel_job(session=cancelling, job_id=job_id)
+            assert (job.state, job.cancel_requested) == (JobState.running, True)
+        assert state_of(database, job_id) == JobState.running
+    finally:
+        database.dispose()
