@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         default=8, ge=1, le=1_000, description="Trained models the API keeps loaded."
     )
+    max_decoded_image_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024 * 1024, le=1024**3,
+        description="The largest decoded upload (width x height x channels x bytes per "
+        "channel); larger images get 413 before decoding.",
+    )
+    max_concurrent_decodes: int = Field(
+        default=2, ge=1, le=64,
+        description="Image uploads decoded at once; past it one waits 2 s, then gets 503.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -14,6 +14,12 @@ from PIL import Image, ImageOps
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_SIDE = 4_096
+# The default of TAPEFIT_MAX_DECODED_IMAGE_BYTES: a 12-megapixel phone photo (4032x3024 RGB,
+# 37 MB decoded) fits, and so does an 8-bit 4096x4096 RGBA canvas (64 MiB, the most).
+MAX_DECODED_BYTES = 64 * 1024 * 1024
+# The long side the image is reduced to before any float math: a digit is read at 20x20, and
+# float32 copies of a 4096x4096 image would cost 64 MB each.
+WORKING_SIDE = 1_024
 FORMATS = ("PNG", "JPEG")
 SIZE = 28
 BOX = 20
@@ -30,16 +36,21 @@ class ImageError(ValueError):
 
 
 class ImageTooLarge(ValueError):
-    """The upload is over the byte or pixel limit."""
+    """The upload is over the byte, pixel or decoded-size limit."""
 
 
-def mnist_like(data: bytes) -> np.ndarray:
-    """A PNG or JPEG of one digit as a (28, 28) float32 array in [0, 1], white ink on black."""
-    return normalise(_ink(_decode(data)))
+def mnist_like(data: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES) -> np.ndarray:
+    """A PNG or JPEG of one digit as a (28, 28) float32 array in [0, 1], white ink on black.
+
+    Refused with ImageTooLarge, before a pixel is decoded, when the file, its sides or its
+    decoded size (width x height x channels x bytes per channel) are over the limits.
+    """
+    return normalise(_ink(_decode(data, max_decoded_bytes)))
 
 
-def _decode(data: bytes) -> np.ndarray:
-    """Grayscale in [0, 1] (1 is white), transparency composited on white paper."""
+def _decode(data: bytes, max_decoded_bytes: int) -> np.ndarray:
+    """Grayscale in [0, 1] (1 is white), transparency composited on white paper, at most
+    WORKING_SIDE pixels on its long side."""
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageTooLarge(f"the image is {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,}")
     try:
@@ -51,11 +62,12 @@ def _decode(data: bytes) -> np.ndarray:
                 f"the image is {width}x{height} pixels; the limit is {MAX_SIDE}x{MAX_SIDE}"
             )
         if image.format == "JPEG":
-            # Decode a large photo at a reduced scale straight from the DCT: faster, and far
-            # more resolution than 20x20 needs.
-            image.draft(None, (1_024, 1_024))
-        image = ImageOps.exif_transpose(image)  # a phone photo taken sideways
-        return _grayscale(image)
+            # Decode a large photo straight to gray at a reduced scale from the DCT: faster,
+            # smaller, and far more resolution than 20x20 needs.
+            image.draft("L", (WORKING_SIDE, WORKING_SIDE))
+        _check_decoded_size(image, max_decoded_bytes)
+        ImageOps.exif_transpose(image, in_place=True)  # a phone photo taken sideways
+        return np.asarray(_small_gray(image), dtype=np.float32) / 255.0
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"the image is too large: {exc}") from None
     except ImageTooLarge:
@@ -66,19 +78,42 @@ def _decode(data: bytes) -> np.ndarray:
         raise ImageError(f"the image could not be decoded: {exc}") from None
 
 
-def _grayscale(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit PNGs
-        gray = np.asarray(image, dtype=np.float32) / 65_535.0
-        return np.clip(gray, 0.0, 1.0)
-    if image.mode in ("RGBA", "LA", "PA") or (
-        image.mode in ("P", "L", "RGB") and "transparency" in image.info
-    ):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        alpha = rgba[..., 3]
+def _check_decoded_size(image: Image.Image, limit: int) -> None:
+    # A small deflated file can hold a huge canvas: count what decoding it would produce.
+    # A 16-bit PNG is read through a ";16" raw mode (Pillow keeps only gray at 16 bits after
+    # reading, but the file's samples are that wide).
+    depth = 2 if any(";16" in str(tile.args) for tile in image.tile) else 1
+    channels = len(image.getbands())
+    decoded = image.width * image.height * channels * depth
+    if decoded > limit:
+        raise ImageTooLarge(
+            f"the image would take {decoded:,} bytes decoded ({image.width}x{image.height} "
+            f"pixels x {channels} channels x {depth} bytes); the limit is {limit:,} bytes "
+            "(TAPEFIT_MAX_DECODED_IMAGE_BYTES)"
+        )
+
+
+def _small_gray(image: Image.Image) -> Image.Image:
+    """8-bit gray (255 is white), reduced to at most WORKING_SIDE pixels on its long side.
+
+    Every step is 8-bit and no larger than the image Pillow decoded (which keeps RGB in 4
+    bytes a pixel). The costliest, transparency keyed on a colour, holds the decoded image, an
+    RGBA copy and three gray planes: about 11 bytes a pixel, 176 MiB at 4096x4096. The float
+    math comes after, on the small image.
+    """
+    if image.mode.startswith("I;16"):  # a 16-bit gray PNG: to 8 bits first
+        image = image.point(lambda value: value / 257).convert("L")
+    elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image if image.mode in ("RGBA", "LA") else image.convert("RGBA")
         # A transparent pixel is white paper; a canvas's strokes are its opaque pixels.
-        return gray * alpha + (1.0 - alpha)
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        paper = Image.new("L", image.size, 255)
+        paper.paste(rgba.convert("L"), mask=rgba.getchannel("A"))
+        image = paper
+    elif image.mode != "L":
+        image = image.convert("L")
+    factor = -(-max(image.size) // WORKING_SIDE)  # rounded up
+    # A box average: the grey edges a shrink should have, in one pass and no float copy.
+    return image.reduce(factor) if factor > 1 else image
 
 
 def _ink(gray: np.ndarray) -> np.ndarray:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from service.imaging import ImageError, ImageTooLarge, mnist_like
+from service.config import Settings
+from service.imaging import MAX_DECODED_BYTES, ImageError, ImageTooLarge, mnist_like
 from tests.conftest import SAMPLE
 
 DIGITS = np.load(SAMPLE)["x_test"][:40]  # uint8 (40, 28, 28), white on black
@@ -135,15 +137,33 @@ def test_more_than_4096_pixels_a_side_is_too_large() -> None:
         mnist_like(encode(np.full((8, 4097), 255, np.uint8)))
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims a huge canvas in a few bytes: a decompression bomb's header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 1024)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def rgba_png(side: int = 4096, *, bits: int = 16, ink: bool = False) -> bytes:
+    """A white RGBA PNG built by hand (Pillow cannot write 16-bit RGBA), with a black bar
+    down its middle for `ink`. Deflated, 4096x4096 at 16 bits (128 MiB decoded) is a file of
+    about 137 KB; at 8 bits (64 MiB, the default limit) about 75 KB."""
+    pixel = 4 * bits // 8
+    white = b"\0" + b"\xff" * (side * pixel)  # each row: filter byte "none", then pixels
+    bar = side // 16
+    black = (b"\0" + b"\xff" * ((side - bar) // 2 * pixel)
+             + (b"\0" * (pixel * 3 // 4) + b"\xff" * (pixel // 4)) * bar  # opaque black
+             + b"\xff" * ((side - bar + 1) // 2 * pixel))
+    deflate = zlib.compressobj(9)
+    idat = b"".join(deflate.compress(black if ink and side // 4 <= y < side * 3 // 4 else white)
+                    for y in range(side)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", side, side, bits, 6, 0, 0, 0)  # colour type 6: RGBA
     chunks = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + chunks
 
@@ -152,3 +172,93 @@ def png_header_only(width: int, height: int) -> bytes:
 def test_a_decompression_bomb_is_refused_before_decoding(size: tuple[int, int]) -> None:
     with pytest.raises(ImageTooLarge):
         mnist_like(png_header_only(*size))
+
+
+def test_the_default_decoded_size_limit_is_the_settings_default() -> None:
+    assert Settings().max_decoded_image_bytes == MAX_DECODED_BYTES == 64 * 1024 * 1024
+
+
+def test_a_small_file_that_decodes_huge_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = rgba_png()
+    assert len(data) < 200_000  # inside the 5 MB and 4096x4096 limits
+
+    def decode(_: object) -> None:
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+    with pytest.raises(ImageTooLarge) as refused:
+        mnist_like(data)
+    message = str(refused.value)
+    assert "134,217,728 bytes decoded (4096x4096 pixels x 4 channels x 2 bytes)" in message
+    assert "the limit is 67,108,864 bytes (TAPEFIT_MAX_DECODED_IMAGE_BYTES)" in message
+
+
+@pytest.mark.parametrize(
+    ("mode", "decoded"),
+    [("L", 300 * 200), ("RGB", 300 * 200 * 3), ("RGBA", 300 * 200 * 4), ("I;16", 300 * 200 * 2)],
+)
+def test_the_decoded_size_counts_channels_and_bytes_per_channel(mode: str, decoded: int) -> None:
+    paper = on_paper(DIGITS[3], (300, 200))
+    image = (Image.fromarray(paper.astype(np.uint16) * 257) if mode == "I;16"
+             else Image.fromarray(paper).convert(mode))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    data = buffer.getvalue()
+    mnist_like(data, max_decoded_bytes=decoded)  # exactly at the limit: read
+    with pytest.raises(ImageTooLarge, match=f"{decoded:,} bytes decoded"):
+        mnist_like(data, max_decoded_bytes=decoded - 1)
+
+
+def test_a_12_megapixel_phone_photo_reads_like_the_digit() -> None:
+    # 4032x3024 RGB: 37 MB decoded, inside the default; a JPEG is decoded at a reduced scale.
+    digit = DIGITS[4]
+    photo = np.full((3024, 4032), 235, np.uint8)  # off-white paper
+    photo[512:2512, 1016:3016] = on_paper(digit, (2000, 2000)) * (235 / 255)
+    rgb = np.stack([photo, photo, photo - 5], axis=-1)
+    out = mnist_like(encode(rgb, "JPEG", quality=90))
+    assert distance(out, digit) < 0.05
+    assert centre_of_mass(out) == pytest.approx((14, 14), abs=0.5)
+
+
+def test_a_photo_taken_sideways_is_turned_upright() -> None:
+    upright = np.stack([on_paper(DIGITS[7], (1200, 1200))] * 3, axis=-1)
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: display it rotated 90 degrees clockwise
+    tagged, untagged = io.BytesIO(), io.BytesIO()
+    sideways.save(tagged, "JPEG", exif=exif)
+    sideways.save(untagged, "JPEG")
+    assert distance(mnist_like(tagged.getvalue()), DIGITS[7]) < 0.05
+    assert distance(mnist_like(untagged.getvalue()), DIGITS[7]) > 0.1
+
+
+def test_a_canvas_at_the_limit_reads_and_its_float_math_is_on_a_small_copy() -> None:
+    # 4096x4096 RGBA at 8 bits is 64 MiB decoded, exactly the default limit. Float32 copies
+    # of it would take 256 MiB each; every array numpy allocates must stay small.
+    digit = DIGITS[5]
+    rgba = np.zeros((4096, 4096, 4), np.uint8)  # transparent, strokes opaque black
+    rgba[..., 3] = np.asarray(Image.fromarray(digit).resize((4096, 4096)))
+    data = encode(rgba)
+    del rgba
+    tracemalloc.start()
+    try:
+        out = mnist_like(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert distance(out, digit) < 0.05
+    assert peak < 24 * 1024 * 1024, f"{peak:,} bytes traced"
+
+
+def test_the_hand_built_pngs_are_what_they_claim() -> None:
+    small = rgba_png(64, bits=16, ink=True)
+    with Image.open(io.BytesIO(small)) as image:
+        assert image.size == (64, 64) and image.mode == "RGBA"
+        pixels = np.asarray(image)
+    assert (pixels[..., 3] == 255).all()
+    assert (pixels[16:48, 30:34, :3] == 0).all() and (pixels[:16, ..., :3] == 255).all()
+    assert mnist_like(rgba_png(64, bits=8, ink=True)).max() == pytest.approx(1.0)
+    with pytest.raises(ImageError, match="no ink"):
+        mnist_like(rgba_png(64, bits=8))

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service import imaging
+from service.api.app import create_app
+from service.api.routes import predict
 from tests.service.conftest import Trained
+from tests.service.test_imaging import rgba_png
 
 
 def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -93,7 +99,55 @@ def test_a_bad_upload_is_a_clear_4xx(
 ) -> None:
     response = upload(served, "best", data)
     assert response.status_code == status, response.text
-    assert message in response.json()["detail"]
+    body = response.json()  # a 422's `message` names the problem; a 413's `detail` does
+    assert message in (body["message"] if status == 422 else body["detail"])
+
+
+def test_a_small_png_that_decodes_huge_is_413_naming_the_setting(served: TestClient) -> None:
+    response = upload(served, "best", rgba_png())  # 137 KB, 128 MiB decoded
+    assert response.status_code == 413
+    assert "134,217,728 bytes decoded" in response.json()["detail"]
+    assert "(TAPEFIT_MAX_DECODED_IMAGE_BYTES)" in response.json()["detail"]
+
+
+def test_the_decoded_size_limit_is_the_setting(trained: Trained) -> None:
+    settings = trained.settings.model_copy(update={"max_decoded_image_bytes": 1024 * 1024})
+    inside = png(drawn(trained.x_test[0], 1024))  # 1,048,576 bytes of gray
+    outside = png(np.stack([drawn(trained.x_test[0], 600)] * 3, axis=-1))  # 1,080,000
+    with TestClient(create_app(settings)) as client:
+        assert upload(client, "best", inside).status_code == 200
+        response = upload(client, "best", outside)
+    assert response.status_code == 413
+    assert "the limit is 1,048,576 bytes" in response.json()["detail"]
+
+
+def test_past_the_concurrent_decodes_an_upload_waits_then_gets_503(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = trained.settings.model_copy(update={"max_concurrent_decodes": 1})
+    decoding, finish = threading.Event(), threading.Event()
+    read = imaging.mnist_like
+
+    def held_read(data: bytes, **limits: int) -> np.ndarray:
+        decoding.set()
+        assert finish.wait(30)  # the decode slot stays taken until the test lets go
+        return read(data, **limits)
+
+    monkeypatch.setattr(imaging, "mnist_like", held_read)
+    monkeypatch.setattr(predict, "DECODE_WAIT", 0.2)
+    data = png(drawn(trained.x_test[0], 100))
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(upload, client, "best", data)
+        assert decoding.wait(30)
+        refused = upload(client, "best", data)
+        finish.set()
+        assert first.result().status_code == 200
+        assert upload(client, "best", data).status_code == 200  # the slot is free again
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json()["detail"] == (
+        "every image decode slot is busy (TAPEFIT_MAX_CONCURRENT_DECODES=1); retry in 1 s"
+    )
 
 
 def test_an_upload_over_5_mb_is_413(served: TestClient) -> None:
@@ -109,7 +163,7 @@ def test_an_upload_over_5_mb_is_413(served: TestClient) -> None:
 def test_the_form_needs_a_file_named_file(served: TestClient) -> None:
     wrong_field = served.post("/jobs/best/predict", files={"image": ("d.png", b"x", "image/png")})
     assert wrong_field.status_code == 422
-    assert "'file'" in wrong_field.json()["detail"]
+    assert "'file'" in wrong_field.json()["message"]
     not_a_file = served.post("/jobs/best/predict", data={"file": "hello"},
                              files={"other": ("x", b"", "text/plain")})
     assert not_a_file.status_code == 422
@@ -145,4 +199,4 @@ def test_a_malformed_multipart_form_is_422(served: TestClient) -> None:
     too_many = {f"field{i}": (None, "x") for i in range(12)}
     response = served.post("/jobs/best/predict", files=too_many)
     assert response.status_code == 422
-    assert "multipart form could not be read" in response.json()["detail"]
+    assert "multipart form could not be read" in response.json()["message"]

@@ -1,10 +1,15 @@
 """Ask a trained job's model to read digits, as JSON pixels or an uploaded image; download it.
 
 `{job_id}` is a job id or an alias, `latest` or `best` (see service/serving.py).
+
+Decoding an image within the limits costs up to about 180 MB (see service/imaging.py), so at
+most TAPEFIT_MAX_CONCURRENT_DECODES run at once, in the thread pool; an upload that finds no
+turn within DECODE_WAIT seconds is answered 503 with Retry-After. The wait holds no thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import numpy as np
@@ -12,12 +17,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from service import imaging
-from service.api.responses import errors
+from service.api.responses import ErrorRead, errors
 from service.api.serving_deps import MAX_BODY_BYTES, CatalogDep, read_capped
 from service.schemas import ExplainedPrediction, ExplainedPredictResponse, PredictRequest
 
@@ -25,6 +31,18 @@ router = APIRouter(prefix="/jobs/{job_id}", tags=["predict"])
 
 # Room for the multipart boundaries and part headers around a file at the size limit.
 _FORM_OVERHEAD = 64 * 1024
+# Seconds an upload waits for a free decode slot before it is refused with 503.
+DECODE_WAIT = 2.0
+RETRY_AFTER = 1
+
+_RESPONSES = {
+    **errors(404, 409, 413, 415),
+    503: {
+        "model": ErrorRead,
+        "description": "Every image decode slot is busy (TAPEFIT_MAX_CONCURRENT_DECODES), or "
+        "the database is; retry after Retry-After seconds",
+    },
+}
 
 _BODY: dict[str, Any] = {
     "requestBody": {
@@ -40,8 +58,8 @@ _BODY: dict[str, Any] = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "a PNG or JPEG of one digit, at most 5 MB and "
-                            "4096x4096 pixels",
+                            "description": "a PNG or JPEG of one digit, at most 5 MB, "
+                            "4096x4096 pixels and 64 MiB decoded (by default)",
                         }
                     },
                 }
@@ -51,10 +69,10 @@ _BODY: dict[str, Any] = {
 }
 
 
-async def read_input(request: Request) -> PredictRequest | bytes:
-    """The JSON instances, or the bytes of the image uploaded as the form field `file`."""
+async def read_input(request: Request) -> PredictRequest | np.ndarray:
+    """The JSON instances, or the image uploaded as the form field `file` read as a digit."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return await _read_upload(request)
+        return await _read_image(request, await _read_upload(request))
     try:
         return PredictRequest.model_validate_json(await read_capped(request, MAX_BODY_BYTES))
     except ValidationError as exc:
@@ -78,14 +96,48 @@ async def _read_upload(request: Request) -> bytes:
         raise imaging.ImageError(f"the multipart form could not be read: {exc.detail}") from None
 
 
-InputDep = Annotated[PredictRequest | bytes, Depends(read_input)]
+async def _read_image(request: Request, data: bytes) -> np.ndarray:
+    settings = request.app.state.settings
+    slots = _decode_slots(request.app.state, settings.max_concurrent_decodes)
+    try:
+        async with asyncio.timeout(DECODE_WAIT):
+            await slots.acquire()
+    except TimeoutError:
+        raise HTTPException(
+            503,
+            "every image decode slot is busy "
+            f"(TAPEFIT_MAX_CONCURRENT_DECODES={settings.max_concurrent_decodes}); "
+            f"retry in {RETRY_AFTER} s",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        ) from None
+    try:
+        return await run_in_threadpool(
+            imaging.mnist_like, data, max_decoded_bytes=settings.max_decoded_image_bytes
+        )
+    finally:
+        slots.release()
+
+
+def _decode_slots(state: State, size: int) -> asyncio.Semaphore:
+    # Made on first use: an asyncio.Semaphore belongs to the event loop that first waits on
+    # it, and an app may be served by another loop later (each TestClient has its own).
+    loop = asyncio.get_running_loop()
+    slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = getattr(
+        state, "decode_slots", None
+    )
+    if slots is None or slots[0] is not loop:
+        slots = state.decode_slots = (loop, asyncio.Semaphore(size))
+    return slots[1]
+
+
+InputDep = Annotated[PredictRequest | np.ndarray, Depends(read_input)]
 
 
 @router.post(
     "/predict",
     response_model=ExplainedPredictResponse,
     openapi_extra=_BODY,
-    responses=errors(404, 409, 413, 415),
+    responses=_RESPONSES,
 )
 def predict(
     catalog: CatalogDep, job_id: str, payload: InputDep, explain: bool = False
@@ -95,8 +147,7 @@ def predict(
     if isinstance(payload, PredictRequest):
         images = np.array([np.ravel(instance) for instance in payload.instances], np.float32)
         return _response(catalog.predict(model, images))
-    image = imaging.mnist_like(payload)
-    return _response(catalog.predict(model, image), seen=image if explain else None)
+    return _response(catalog.predict(model, payload), seen=payload if explain else None)
 
 
 def _response(probabilities: np.ndarray, seen: np.ndarray | None = None) -> Response:
