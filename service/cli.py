@@ -7,7 +7,6 @@ import argparse
 import ipaddress
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -20,11 +19,6 @@ log = logging.getLogger("tapefit")
 # Workers run as their own processes (`python -m worker`): the API process never loads
 # TensorFlow, and a worker's crash cannot take the API down.
 WORKER_COMMAND = [sys.executable, "-m", "worker"]
-WORKER_STOP_TIMEOUT_S = 30
-# Ctrl-C waits this long for open requests, then cuts them: an event stream (a dashboard left
-# open on a running job) would otherwise hold the server up until its job ends. Its clients
-# reconnect with Last-Event-ID and lose nothing.
-SHUTDOWN_GRACE_S = 5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,11 +87,12 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(*, host: str, port: int, workers: int) -> int:
-    """Migrate, start the worker processes, serve the API until interrupted, stop the workers."""
-    import uvicorn
-
+    """Migrate, start the worker processes (restarting any that dies), serve the API until
+    interrupted, stop the workers."""
     from service.api.app import create_app
     from service.migrate import upgrade
+    from service.server import run_api
+    from service.supervisor import Supervisor
 
     if workers < 0:
         print("tapefit: --workers must be 0 or more", file=sys.stderr)
@@ -111,20 +106,12 @@ def serve(*, host: str, port: int, workers: int) -> int:
         )
         return 2
     upgrade(settings.sqlalchemy_url)
-    processes = [subprocess.Popen(WORKER_COMMAND) for _ in range(workers)]
+    supervisor = Supervisor(WORKER_COMMAND, workers)
+    supervisor.start()
     try:
-        uvicorn.run(
-            create_app(settings), host=host, port=port, log_level="info",
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-        )
+        run_api(create_app(settings), host=host, port=port, settings=settings)
     finally:
-        for process in processes:
-            process.terminate()  # SIGTERM: each hands its job back and exits
-        for process in processes:
-            try:
-                process.wait(timeout=WORKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        supervisor.stop()  # SIGTERM: each worker hands its job back and exits
     return 0
 
 

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         default=8, ge=1, le=1_000, description="Trained models the API keeps loaded."
     )
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=300,
+        description="Seconds a client has to send a request's line and headers, from "
+        "connecting (or from the next request's first byte); then 408 and the connection "
+        "is closed.",
+    )
+    max_connections: int = Field(
+        default=1000, ge=10, le=100_000,
+        description="Open connections (or requests in flight) past which new requests get 503.",
+    )
     max_decoded_image_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024 * 1024, le=1024**3,
         description="The largest decoded upload (width x height x channels x bytes per "

@@ -154,3 +154,20 @@ class Checkpoint(Base):
     lease_epoch: Mapped[int] = mapped_column(Integer)  # the lease that wrote it
     content: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """One worker process that is, or was lately, alive: idle or training, each worker
+    refreshes its row every heartbeat interval, so the API can tell whether any worker
+    (on this machine or another sharing the database) is there to run a queued job."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the jobs' worker_id
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # heartbeat_at plus the worker's own lease timeout: past it, the worker counts as gone.
+    # Stored so that a reader needs no settings to judge it (and each worker's promise holds).
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

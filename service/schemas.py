@@ -182,6 +182,24 @@ class JobRead(BaseModel):
     queue_position: int | None = Field(
         default=None, description="1 for the next job a free worker takes, while queued"
     )
+    workers_alive: int | None = Field(
+        default=None,
+        description="while queued: workers that heartbeated within their lease timeout",
+    )
+    note: str | None = Field(
+        default=None, description="why a queued job is not starting: no worker is alive"
+    )
+
+
+class Readiness(BaseModel):
+    """GET /readyz: whether the service can run jobs now."""
+
+    status: Literal["ready", "not ready"]
+    workers_alive: int | None = Field(
+        description="workers that heartbeated within their lease timeout; null when the "
+        "database does not answer"
+    )
+    detail: str | None = Field(default=None, description="what is missing, when not ready")
 
 
 class JobsRead(BaseModel):

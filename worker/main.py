@@ -23,7 +23,7 @@ from service.db import Database, is_transient
 from service.leases import Lease, LeaseLost
 from service.schemas import JobSpec
 from service.sweeper import sweep_once
-from worker.recorder import Heartbeat, JobRecorder
+from worker.recorder import Heartbeat, JobRecorder, Presence
 
 log = logging.getLogger("tapefit.worker")
 
@@ -35,6 +35,7 @@ class Worker:
         self.settings = settings
         self.database = Database(settings.sqlalchemy_url, busy_timeout=settings.sqlite_busy_timeout)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.presence = Presence(self.database, self.worker_id, settings.lease_timeout)
         self.stop = threading.Event()
 
     def __enter__(self) -> Worker:
@@ -55,6 +56,7 @@ class Worker:
             try:
                 if time.monotonic() - last_sweep >= self.settings.heartbeat_interval:
                     last_sweep = time.monotonic()
+                    self.presence.beat()  # even idle: the API's /readyz counts these
                     sweep_once(self.database, self.settings)
                 if self.run_once():
                     continue
@@ -69,6 +71,7 @@ class Worker:
                 self.stop.wait(self.settings.heartbeat_interval)
                 continue
             self.stop.wait(self.settings.poll_interval)
+        self.presence.leave()
         log.info("worker %s stopped", self.worker_id)
 
     def run_once(self) -> bool:
@@ -101,7 +104,8 @@ class Worker:
 
     def run_job(self, lease: Lease) -> None:
         """Train (or resume), evaluate and export one claimed job, recording its end state."""
-        with Heartbeat(self.database, lease, self.settings.heartbeat_interval) as heartbeat:
+        with Heartbeat(self.database, lease, self.settings.heartbeat_interval,
+                       presence=self.presence) as heartbeat:
             recorder = JobRecorder(
                 self.database,
                 lease,

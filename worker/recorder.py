@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from service import leases
+from service import leases, workers
 from service.db import Database
 from service.leases import Lease, LeaseLost
 from service.schemas import EpochRead
@@ -21,12 +24,43 @@ from service.schemas import EpochRead
 log = logging.getLogger("tapefit.worker")
 
 
+class Presence:
+    """This worker process's row in the `workers` table, which tells the API that a worker is
+    alive to run jobs: refreshed by the idle loop and, while a job runs, by its Heartbeat
+    thread; removed when the worker stops cleanly (a dead worker's row expires)."""
+
+    def __init__(self, database: Database, worker_id: str, lease_timeout: float) -> None:
+        self.database, self.worker_id, self.lease_timeout = database, worker_id, lease_timeout
+        self.hostname, self.pid = socket.gethostname(), os.getpid()
+
+    def beat(self, session: Session | None = None) -> None:
+        """Refresh the row, in `session` or in a short transaction of its own."""
+        if session is None:
+            with self.database.session(write=True) as own:
+                self.beat(own)
+            return
+        workers.beat(session=session, worker_id=self.worker_id, hostname=self.hostname,
+                     pid=self.pid, lease_timeout=self.lease_timeout)
+
+    def leave(self) -> None:
+        """Remove the row; if the database does not answer, the row expires on its own."""
+        try:
+            with self.database.session(write=True) as session:
+                workers.leave(session=session, worker_id=self.worker_id)
+        except SQLAlchemyError as exc:
+            log.warning("worker %s: could not remove its heartbeat row: %s", self.worker_id, exc)
+
+
 class Heartbeat:
     """A thread that renews the lease every `interval` seconds while a job runs, so data
-    loading, evaluation and export (which write no rows) keep the job too."""
+    loading, evaluation and export (which write no rows) keep the job too; it keeps the
+    worker's `presence` fresh as well."""
 
-    def __init__(self, database: Database, lease: Lease, interval: float) -> None:
+    def __init__(
+        self, database: Database, lease: Lease, interval: float, presence: Presence | None = None
+    ) -> None:
         self.database, self.lease, self.interval = database, lease, interval
+        self.presence = presence
         self.lost = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -43,6 +77,8 @@ class Heartbeat:
         while not self._done.wait(self.interval):
             try:
                 with self.database.session(write=True) as session:
+                    if self.presence is not None:
+                        self.presence.beat(session)
                     leases.heartbeat(session=session, lease=self.lease)
             except LeaseLost:
                 log.warning("job %s: lease lost; stopping", self.lease.job_id)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import workers
 from service.api.auth import TokenAuth
 from service.api.limits import RequestLimits
 from service.api.responses import is_protocol_path
@@ -24,6 +25,7 @@ from service.db import Database, is_transient
 from service.imaging import ImageError, ImageTooLarge
 from service.inference import ModelStore, ModelUnavailable
 from service.jobs import JobConflict, JobNotFound
+from service.schemas import Readiness
 from service.serving import Catalog, ModelNotFound
 from service.sweeper import sweep_forever
 
@@ -74,6 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": Readiness}})
+    def readyz(response: Response) -> Readiness:
+        """Readiness: the database answers and a worker heartbeated within its lease timeout
+        (503 saying which is missing)."""
+        readiness = workers.readiness(database=app.state.database)
+        response.status_code = 200 if readiness.status == "ready" else 503
+        return readiness
 
     _add_error_handlers(app)
     # The last added runs first: auth refuses a stranger before the limits read anything.

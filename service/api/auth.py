@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Probes that orchestrators call without credentials.
-PUBLIC_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 
 class TokenAuth:

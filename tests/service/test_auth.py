@@ -62,7 +62,8 @@ def test_every_route_but_the_probes_needs_the_token(secured: TestClient) -> None
 
 @pytest.mark.parametrize("path", sorted(PUBLIC_PATHS))
 def test_health_probes_need_no_token(secured: TestClient, path: str) -> None:
-    assert secured.get(path).status_code == 200
+    # /readyz answers 503 while no worker is alive: either way, it answers without a token.
+    assert secured.get(path).status_code in ((200, 503) if path == "/readyz" else (200,))
 
 
 def test_a_browser_is_offered_basic_auth_with_the_token_as_password(secured: TestClient) -> None:

@@ -1,0 +1,112 @@
+"""The HTTP server: uvicorn with every connection limit set explicitly, and a deadline for a
+request's head, which neither uvicorn nor h11 has.
+
+Without it, a client that sends half a request line or its headers a byte at a time (a
+"slowloris") holds its connection open for as long as it likes: uvicorn's keep-alive timeout
+only runs between requests and stops at the first byte of the next. A few thousand such
+connections use up the process's file descriptors and nobody else can connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.config import Settings
+
+log = logging.getLogger("tapefit.server")
+
+# An idle keep-alive connection is closed this many seconds after its last response.
+KEEP_ALIVE_TIMEOUT_S = 5
+# The largest request head (request line and headers) h11 buffers; past it, a 400.
+MAX_HEAD_BYTES = 16 * 1024
+# Connections the kernel queues while the server is busy accepting (capped by somaxconn).
+BACKLOG = 2048
+# Ctrl-C waits this long for open requests, then cuts them: an event stream (a dashboard left
+# open on a running job) would otherwise hold the server up until its job ends. Its clients
+# reconnect with Last-Event-ID and lose nothing.
+SHUTDOWN_GRACE_S = 5
+
+_TIMEOUT_BODY = b"the request line and headers did not arrive in time\n"
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+class HeadDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol, plus a deadline: a request's line and headers must arrive within
+    `head_timeout` seconds of the connection opening (on a kept-alive connection, of the next
+    request's first byte), or the connection gets a 408 and is closed. A request's body and
+    the response are not bounded by it."""
+
+    head_timeout: float = 10.0
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        # Past IDLE, h11 has parsed the request line and headers: the app has the request.
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_head_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        # The first bytes of a kept-alive connection's next request start its deadline (the
+        # keep-alive timeout, which closes an idle connection, stops at them).
+        if self._head_deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm_head_deadline()
+        super().data_received(data)
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        log.debug("closing a connection from %s: no complete request head in %g s",
+                  self.client, self.head_timeout)
+        # h11 will not send a response to a request it has not seen, so it is written as is.
+        self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def protocol_with_head_timeout(head_timeout: float) -> type[HeadDeadlineH11]:
+    """HeadDeadlineH11 with its deadline set (uvicorn makes one instance per connection)."""
+    return type("HeadDeadlineH11", (HeadDeadlineH11,), {"head_timeout": head_timeout})
+
+
+def run_api(app: FastAPI, *, host: str, port: int, settings: Settings) -> None:
+    """Serve `app` until SIGINT or SIGTERM, with the limits above and the settings'."""
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        http=protocol_with_head_timeout(settings.header_timeout),
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # Past this many open connections (or requests in flight), uvicorn answers new
+        # requests with 503 instead of taking on more.
+        limit_concurrency=settings.max_connections,
+        backlog=BACKLOG,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
