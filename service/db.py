@@ -9,12 +9,15 @@ read an old snapshot cannot be upgraded and is refused at once, whatever the bus
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.files import NO_SPACE
 
 # Seconds a SQLite writer waits for the lock before giving up with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 10.0
@@ -55,10 +58,39 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S) -> Eng
     return create_engine(url, pool_pre_ping=True)
 
 
+# PostgreSQL's SQLSTATE disk_full: "could not extend file", "could not write to file" with
+# ENOSPC. psycopg raises it as errors.DiskFull, an OperationalError.
+_POSTGRES_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` means the disk is full: SQLite's "database or disk is full", its
+    PostgreSQL counterpart (SQLSTATE 53100), or a file write that got ENOSPC or EDQUOT.
+
+    Unlike a busy lock, waiting alone does not fix it: someone has to free space. Clients
+    are told so (507), and workers hand their job back and wait until there is room."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_SPACE
+    if not isinstance(exc, OperationalError):
+        return False
+    # SQLite's extended result code: SQLITE_FULL (the database's disk, or its temporary
+    # files' disk), or the WAL index (-shm) failing to grow, which SQLite documents as a
+    # sign of a full volume. Checked by code, since the message can vary.
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE
+    if getattr(exc.orig, "sqlstate", None) == _POSTGRES_DISK_FULL:
+        return True
+    return "database or disk is full" in str(exc.orig).lower()
+
+
 def is_transient(exc: OperationalError) -> bool:
     """True for an error that waiting fixes: SQLite's lock held past the busy timeout, or a
     lost or refused connection (PostgreSQL restarting). False for the rest, such as a missing
-    table or a read-only file, which retrying would only hide."""
+    table or a read-only file, which retrying would only hide, and for a full disk, which
+    `is_disk_full` tells apart."""
+    if is_disk_full(exc):
+        return False
     message = str(exc.orig).lower()
     if "database is locked" in message or "database is busy" in message:
         return True

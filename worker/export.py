@@ -6,15 +6,20 @@ The API serves `model.tflite` as soon as the file exists, so it is written atomi
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import tensorflow as tf
 
-from service.files import write_atomically
+from service.files import owned_folder, write_atomically
 from service.schemas import INPUT_SIZE
 from worker.models import Model, predict_probabilities
 
 MODEL_FILE = "model.tflite"
+# The name of a conversion's scratch folder; the worker sweeps abandoned ones at start.
+SCRATCH_PREFIX = "tflite-"
 
 
 class _Servable(tf.Module):
@@ -31,13 +36,36 @@ class _Servable(tf.Module):
         return predict_probabilities(self._model, images)
 
 
-def export_model(model: Model, directory: Path) -> Path:
-    """Write `directory/model.tflite` (images → probabilities); return its path."""
+def export_model(model: Model, directory: Path, *, scratch: Path | None = None) -> Path:
+    """Write `directory/model.tflite` (images → probabilities); return its path.
+
+    The converter first saves the model as a SavedModel (its weights and more: 1.7 MB for
+    the book's model, up to 80 MB at the parameter limit).
+    With `scratch`, that goes in a folder of this process's own under it (see
+    service.files.owned_folder), removed when the conversion ends however it ends, and
+    left to the next worker's sweep if this process is killed; else in the system's temp."""
     directory.mkdir(parents=True, exist_ok=True)
     servable = _Servable(model)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [servable.predict.get_concrete_function()], servable
     )
+    with contextlib.ExitStack() as stack:
+        if scratch is not None:
+            stack.enter_context(_temporary_files_in(
+                stack.enter_context(owned_folder(scratch, prefix=SCRATCH_PREFIX))
+            ))
+        content = converter.convert()
     path = directory / MODEL_FILE
-    write_atomically(path, converter.convert())
+    write_atomically(path, content)
     return path
+
+
+@contextlib.contextmanager
+def _temporary_files_in(folder: Path) -> Iterator[None]:
+    # The converter calls tempfile.mkdtemp() with no folder, which takes tempfile.tempdir
+    # (else $TMPDIR, read once per process). Only this thread makes temporary files meanwhile.
+    previous, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous

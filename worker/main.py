@@ -19,7 +19,8 @@ from sqlalchemy.exc import OperationalError
 
 from service import jobs, leases
 from service.config import Settings
-from service.db import Database, is_transient
+from service.db import Database, is_disk_full, is_transient
+from service.files import sweep_abandoned
 from service.leases import Lease, LeaseLost
 from service.schemas import JobSpec
 from service.sweeper import sweep_once
@@ -60,14 +61,19 @@ class Worker:
                     sweep_once(self.database, self.settings)
                 if self.run_once():
                     continue
-            except OperationalError as exc:
-                # A database locked past the busy timeout, or down for a moment: the worker
-                # waits and tries again. Other database errors (a missing table, a read-only
-                # file) are faults to see, not to wait out: they stop the worker.
-                if not is_transient(exc):
+            except (OperationalError, OSError) as exc:
+                # A database locked past the busy timeout, or down for a moment, or a full
+                # disk: the worker waits and tries again (any job it held went back to the
+                # queue). Other errors (a missing table, a read-only file) are faults to see,
+                # not to wait out: they stop the worker.
+                if is_disk_full(exc):
+                    log.error("worker %s: the disk is full; waiting for space: %s",
+                              self.worker_id, getattr(exc, "orig", exc))
+                elif isinstance(exc, OperationalError) and is_transient(exc):
+                    log.warning("worker %s: database unavailable, retrying: %s",
+                                self.worker_id, exc.orig)
+                else:
                     raise
-                log.warning("worker %s: database unavailable, retrying: %s",
-                            self.worker_id, exc.orig)
                 self.stop.wait(self.settings.heartbeat_interval)
                 continue
             self.stop.wait(self.settings.poll_interval)
@@ -85,16 +91,17 @@ class Worker:
             self.run_job(lease)
         except LeaseLost as exc:
             log.warning("job %s: %s; leaving it", lease.job_id, exc)
-        except OperationalError:
-            self._hand_back(lease)
+        except (OperationalError, OSError) as exc:  # _train lets only a full disk's OSError out
+            self._hand_back(lease, exc)
             raise
         return True
 
-    def _hand_back(self, lease: Lease) -> None:
+    def _hand_back(self, lease: Lease, exc: Exception) -> None:
         """After a write failed mid-job: return the job to the queue, where the next worker
-        resumes it from its checkpoint. If the database does not answer this either, the
-        sweepers requeue the job once its lease times out."""
-        log.warning("job %s: a database write failed; handing the job back", lease.job_id)
+        resumes it from its checkpoint. If the database does not answer this either (a full
+        disk refuses this write too), the sweepers requeue the job once its lease times out."""
+        reason = "the disk is full" if is_disk_full(exc) else "a database write failed"
+        log.warning("job %s: %s; handing the job back", lease.job_id, reason)
         try:
             with self.database.session(write=True) as session:
                 leases.release_job(session=session, lease=lease)
@@ -175,7 +182,8 @@ class Worker:
                 model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
                 seed=spec.seed, shuffle=spec.shuffle, callback=recorder, position=position,
             )
-            exported = export_model(model, self.job_dir(lease.job_id))
+            exported = export_model(model, self.job_dir(lease.job_id),
+                                    scratch=self.scratch_dir)
         except Stopped:
             if recorder.heartbeat.lost.is_set():
                 raise LeaseLost(f"job {lease.job_id} was taken over") from None
@@ -195,6 +203,8 @@ class Worker:
         except (LeaseLost, OperationalError):
             raise  # not the job's fault: run_once decides what becomes of it
         except Exception as exc:  # any other error fails the job, not the worker
+            if is_disk_full(exc):
+                raise  # nor does a full disk (the export's files): it is handed back
             log.exception("job %s: failed", lease.job_id)
             recorder.record(leases.fail_job, error=f"{type(exc).__name__}: {exc}")
             return
@@ -208,6 +218,21 @@ class Worker:
 
     def job_dir(self, job_id: int) -> Path:
         return self.settings.models_dir / str(job_id)
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where the worker's temporary files go: on the data dir's disk, not /tmp, and
+        swept at start (see `sweep_scratch`)."""
+        return self.settings.data_dir / "tmp"
+
+    def sweep_scratch(self) -> None:
+        """Remove the scratch folders of workers killed while converting a model (as large
+        as the model). Several workers may share the data dir: a live one's are locked."""
+        from worker.export import SCRATCH_PREFIX
+
+        for folder in sweep_abandoned(self.scratch_dir, prefix=SCRATCH_PREFIX):
+            log.info("worker %s: removed %s, left by a worker that was killed",
+                     self.worker_id, folder)
 
 
 def warm_up(settings: Settings) -> None:
@@ -233,6 +258,7 @@ def main(settings: Settings | None = None) -> None:
     upgrade(settings.sqlalchemy_url)
     warm_up(settings)
     worker = Worker(settings)
+    worker.sweep_scratch()
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("worker %s: %s; stopping after this batch",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,13 +22,16 @@ from service.api.responses import is_protocol_path
 from service.api.routes import events, jobs, kserve_v2, metrics, predict, tfserving, ui
 from service.api.serving_deps import BodyTooLarge
 from service.config import Settings, get_settings
-from service.db import Database, is_transient
+from service.db import Database, is_disk_full, is_transient
+from service.files import DiskFull
 from service.imaging import ImageError, ImageTooLarge
 from service.inference import ModelStore, ModelUnavailable
 from service.jobs import JobConflict, JobNotFound
 from service.schemas import Readiness
 from service.serving import Catalog, ModelNotFound
 from service.sweeper import sweep_forever
+
+log = logging.getLogger("tapefit.api")
 
 ROUTERS = (
     jobs.router,
@@ -141,11 +145,18 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": errors, "message": f"{where}: {first['msg']}"}, status_code=422
         )
 
+    @app.exception_handler(DiskFull)
     @app.exception_handler(OperationalError)
-    async def _database_busy(_: Request, exc: OperationalError) -> JSONResponse:
+    async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
+        # A full disk is 507, not 503 with a Retry-After: waiting does not free space, so
+        # clients are told what is wrong instead of being invited to retry in a second.
+        if is_disk_full(exc):
+            log.error("the disk is full: %s", getattr(exc, "orig", exc))
+            return _error(507, "the server's disk is full: nothing was changed; retry once "
+                               "space has been freed")
         # SQLite gave up waiting for the write lock, or PostgreSQL is out of reach for a
         # moment: the client may retry shortly. Anything else is a real fault.
-        if is_transient(exc):
+        if isinstance(exc, OperationalError) and is_transient(exc):
             return JSONResponse(
                 {"detail": "the database is busy or unreachable; retry shortly"},
                 status_code=503,

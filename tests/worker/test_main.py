@@ -3,6 +3,7 @@ record every batch, export, and end in the right state."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import sqlite3
@@ -19,6 +20,7 @@ from service import history, jobs, leases
 from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
+from service.files import DiskFull
 from service.inference import model_path
 from service.migrate import upgrade
 from service.schemas import JobSpec, JobState
@@ -271,6 +273,102 @@ def test_a_database_error_that_waiting_cannot_fix_stops_the_worker(tmp_path: Pat
     settings.data_dir.mkdir(parents=True)
     with Worker(settings) as worker, pytest.raises(OperationalError, match="no such table"):
         worker.run_forever()
+
+
+def run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    return thread
+
+
+def test_a_full_disk_hands_the_job_back_and_the_worker_waits_for_space(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path / "data", heartbeat_interval=0.2)
+    upgrade(settings.sqlalchemy_url)
+    database = Database(settings.sqlalchemy_url)
+    per_epoch, epochs = 63, 4
+    job_id = submit(database, {**TINY_SPEC, "epochs": epochs, "batch_size": 32,
+                               "dataset": {"train_limit": 2000, "test_limit": 100}})
+    worker = Worker(settings)
+    full = threading.Event()
+
+    # SQLite's own cap on the file's size, set to the size it has: a write that needs one
+    # more page then fails with the very error a full disk gives (SQLITE_FULL, "database or
+    # disk is full"), from SQLite itself, while the test keeps writing to its own database.
+    @event.listens_for(worker.database.engine, "begin")
+    def cap_the_file(conn) -> None:  # noqa: ANN001
+        conn.exec_driver_sql(f"PRAGMA max_page_count = {1 if full.is_set() else 2**30}")
+
+    states = []
+    try:
+        with caplog.at_level(logging.INFO, logger="tapefit.worker"):
+            thread = run_in_thread(worker)
+            wait_until(lambda: read(database, job_id)[0].steps_done > 0, 60, "the first rows")
+            full.set()
+            wait_until(lambda: "the disk is full; waiting for space" in caplog.text, 60,
+                       "the worker to meet the full disk")
+            # It waits (and retries) instead of dying, and the job is not failed for it.
+            for retries in range(2, 5):
+                states.append(read(database, job_id)[0].state)
+                wait_until(lambda n=retries: caplog.text.count("waiting for space") >= n, 60,
+                           "another retry")
+            assert thread.is_alive()
+            assert f"job {job_id}: the disk is full; handing the job back" in caplog.text
+            full.clear()  # space is freed
+            wait_until(lambda: JobState(read(database, job_id)[0].state).is_final, 60, "the end")
+        job, metrics, epochs_done = read(database, job_id)
+        assert set(states) <= {JobState.queued, JobState.running}
+        assert (job.state, job.error) == (JobState.succeeded, None)
+        assert [m.step for m in metrics] == list(range(epochs * per_epoch))
+        assert [e.epoch for e in epochs_done] == list(range(epochs))
+        assert thread.is_alive()
+    finally:
+        worker.stop.set()
+        thread.join()
+        worker.close()
+        database.dispose()
+
+
+def test_no_room_for_the_model_file_hands_the_job_back_not_fails_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path / "data", heartbeat_interval=0.2)
+    upgrade(settings.sqlalchemy_url)
+    database = Database(settings.sqlalchemy_url)
+    job_id = submit(database, TINY_SPEC)
+    # The model file meets a full disk once (an injected ENOSPC: the data dir is not on a
+    # small filesystem here; tests/e2e/test_full_disk.py fills a real one).
+    import worker.export
+
+    write = worker.export.write_atomically
+    failures = []
+
+    def no_room_once(path: Path, content: bytes) -> None:
+        if not failures:
+            failures.append(path)
+            raise DiskFull(errno.ENOSPC, f"no space left to write {path.name}")
+        write(path, content)
+
+    monkeypatch.setattr(worker.export, "write_atomically", no_room_once)
+    running = Worker(settings)
+    try:
+        with caplog.at_level(logging.INFO, logger="tapefit.worker"):
+            thread = run_in_thread(running)
+            wait_until(lambda: JobState(read(database, job_id)[0].state).is_final, 60, "the end")
+        job, metrics, _ = read(database, job_id)
+        assert (job.state, job.error) == (JobState.succeeded, None)
+        assert f"job {job_id}: the disk is full; handing the job back" in caplog.text
+        assert caplog.text.count(": claimed") == 2 and failures
+        assert [m.step for m in metrics] == list(range(job.total_steps))
+        assert model_path(settings.models_dir, job_id).exists()
+        assert list(running.scratch_dir.iterdir()) == []
+        assert thread.is_alive()
+    finally:
+        running.stop.set()
+        thread.join()
+        running.close()
+        database.dispose()
 
 
 def test_an_unusable_checkpoint_makes_the_job_start_over_not_fail(
