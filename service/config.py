@@ -60,9 +60,9 @@ class Settings(BaseSettings):
     )
     header_timeout: float = Field(
         default=10.0, gt=0, le=300,
-        description="Seconds a client has to send a request's line and headers, from "
-        "connecting (or from the next request's first byte); then 408 and the connection "
-        "is closed.",
+        description="Seconds a client has to send a request's line and headers (from "
+        "connecting, or from the next request's first byte), and the longest its body may "
+        "stall; then the connection is closed.",
     )
     max_connections: int = Field(
         default=1000, ge=10, le=100_000,

@@ -1,16 +1,18 @@
-"""The HTTP server: uvicorn with every connection limit set explicitly, and a deadline for a
-request's head, which neither uvicorn nor h11 has.
+"""The HTTP server: uvicorn with every connection limit set explicitly, and deadlines for a
+request's head and for a stalled body, which neither uvicorn nor h11 has.
 
-Without it, a client that sends half a request line or its headers a byte at a time (a
-"slowloris") holds its connection open for as long as it likes: uvicorn's keep-alive timeout
-only runs between requests and stops at the first byte of the next. A few thousand such
-connections use up the process's file descriptors and nobody else can connect.
+Without them, a client that sends half a request line or its headers a byte at a time (a
+"slowloris"), or a body that stops half-way, holds its connection open for as long as it
+likes: uvicorn's keep-alive timeout only runs between requests and stops at the first byte of
+the next. A few thousand such connections use up the process's file descriptors and nobody
+else can connect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import h11
 import uvicorn
@@ -40,46 +42,55 @@ _TIMEOUT_RESPONSE = (
 
 
 class HeadDeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol, plus a deadline: a request's line and headers must arrive within
-    `head_timeout` seconds of the connection opening (on a kept-alive connection, of the next
-    request's first byte), or the connection gets a 408 and is closed. A request's body and
-    the response are not bounded by it."""
+    """uvicorn's h11 protocol, plus two deadlines of `head_timeout` seconds:
+
+    - a request's line and headers must arrive within it, from the connection opening (on a
+      kept-alive connection, from the next request's first byte), or the connection gets a
+      408 and is closed;
+    - a request's body may not stall for longer than it (no byte while the server waits for
+      one), or the connection is closed. Time the server spends not reading, because the app
+      has not taken what came, does not count.
+
+    The response is not bounded by it: an event stream may last as long as its job.
+    """
 
     head_timeout: float = 10.0
-    _head_deadline: asyncio.TimerHandle | None = None
+    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[arg-type]
-        self._arm_head_deadline()
+        self._arm(self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
+        self._disarm()
         super().connection_lost(exc)
-
-    def handle_events(self) -> None:
-        super().handle_events()
-        # Past IDLE, h11 has parsed the request line and headers: the app has the request.
-        if self.conn.their_state is not h11.IDLE:
-            self._disarm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
         # The first bytes of a kept-alive connection's next request start its deadline (the
         # keep-alive timeout, which closes an idle connection, stops at them).
-        if self._head_deadline is None and self.conn.their_state is h11.IDLE:
-            self._arm_head_deadline()
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm(self._head_timed_out)
         super().data_received(data)
 
-    def _arm_head_deadline(self) -> None:
-        self._disarm_head_deadline()
-        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+    def handle_events(self) -> None:
+        super().handle_events()
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            self._arm(self._body_stalled)  # each piece of the body restarts it
+        elif state is not h11.IDLE:  # the whole request is in (or the connection is over)
+            self._disarm()
 
-    def _disarm_head_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+    def _arm(self, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.head_timeout, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _head_timed_out(self) -> None:
-        self._head_deadline = None
+        self._deadline = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         log.debug("closing a connection from %s: no complete request head in %g s",
@@ -88,9 +99,21 @@ class HeadDeadlineH11(H11Protocol):
         self.transport.write(_TIMEOUT_RESPONSE)
         self.transport.close()
 
+    def _body_stalled(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        if self.flow.read_paused:  # the app has not read what came: not the client's fault
+            self._arm(self._body_stalled)
+            return
+        log.debug("closing a connection from %s: its request body stalled for %g s",
+                  self.client, self.head_timeout)
+        # The app sees the client go (http.disconnect), as when a client hangs up.
+        self.transport.close()
+
 
 def protocol_with_head_timeout(head_timeout: float) -> type[HeadDeadlineH11]:
-    """HeadDeadlineH11 with its deadline set (uvicorn makes one instance per connection)."""
+    """HeadDeadlineH11 with its deadlines set (uvicorn makes one instance per connection)."""
     return type("HeadDeadlineH11", (HeadDeadlineH11,), {"head_timeout": head_timeout})
 
 

@@ -135,3 +135,23 @@ def test_past_max_connections_new_requests_get_503_until_some_close(tmp_path: Pa
             while client.get("/healthz").status_code != 200:  # the server sees them go
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+
+
+def test_a_body_that_stalls_half_way_is_closed(served: str) -> None:
+    with connect(served) as sock:
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"epochs\": ")
+        assert read_until_closed(sock) == b""  # the app saw the client go: nothing to answer
+    with httpx.Client(base_url=served, timeout=10) as client:
+        assert client.get("/jobs").json()["total"] == 0
+
+
+def test_a_body_sent_steadily_is_not_cut(served: str) -> None:
+    body = b'{"epochs": 1, "seed": 7}'
+    with connect(served) as sock:
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        for byte in body:  # in small pieces, each well within the deadline of the last
+            sock.sendall(bytes([byte]))
+            time.sleep(HEADER_TIMEOUT_S / 10)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 201 ")
