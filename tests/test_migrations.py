@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,10 +121,17 @@ def test_the_installed_wheel_finds_its_migrations(tmp_path: Path) -> None:
     """`pip install .` (not editable) into a fresh venv ships the migrations: `tapefit db
     upgrade` there, run away from the source tree, makes the schema."""
     repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: pip builds in the source tree and leaves build/
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(repo / name, source / name)
+    for name in ("service", "worker", "benchmarks", "migrations"):
+        shutil.copytree(repo / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", str(repo)],
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", str(source)],
         capture_output=True, text=True, timeout=600,
     )
     assert install.returncode == 0, install.stderr
