@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from service import jobs
 from service.db import Database
 from service.files import write_atomically
+from service.ids import PATTERN, parse_id
 from service.inference import ModelStore, ModelUnavailable, model_path
 from service.models import Job
 from service.schemas import JobState
@@ -25,7 +26,7 @@ from service.schemas import JobState
 LATEST = "latest"  # the newest succeeded job: the highest id, as TF Serving's latest version
 BEST = "best"  # the succeeded job with the highest test accuracy; the newer one on a tie
 ALIASES = (LATEST, BEST)
-_MAX_ID_DIGITS = 18  # a larger number is no job id, and would overflow the integer column
+NAME_PATTERN = f"^({PATTERN}|{LATEST}|{BEST})$"  # what a name can be, for the API's schema
 
 
 class ModelNotFound(LookupError):
@@ -115,7 +116,7 @@ _BY_ALIAS = {
 def _lookup(session: Session, name: str) -> Row[tuple[int, str, str | None]] | None:
     if name in _BY_ALIAS:
         return session.execute(_BY_ALIAS[name]).first()
-    job_id = _job_id(name)
+    job_id = parse_id(name)
     return session.execute(_BY_ID, {"job_id": job_id}).first() if job_id is not None else None
 
 
@@ -124,17 +125,12 @@ def _ref(name: str, row: Row[tuple[int, str, str | None]]) -> ModelRef:
 
 
 def _check_version(ref: ModelRef, version: str | None) -> ModelRef:
-    if version is not None and version != ref.version:
+    # A version is a job id, spelled by the same rule: `01` or `١` is no version of job 1.
+    if version is not None and parse_id(version) != ref.job_id:
         raise ModelNotFound(
             f"model '{ref.name}' has no version '{version}'; its version is {ref.version}"
         )
     return ref
-
-
-def _job_id(name: str) -> int | None:
-    if name.isascii() and name.isdecimal() and len(name) <= _MAX_ID_DIGITS:
-        return int(name)
-    return None
 
 
 class Catalog:
@@ -160,7 +156,7 @@ class Catalog:
 
     def resolve(self, name: str, version: str | None = None) -> ModelRef:
         """The servable model `name` means (see `resolve`)."""
-        job_id = _job_id(name)
+        job_id = parse_id(name)
         if job_id is not None and job_id in self._succeeded:
             ref = ModelRef(name=name, job_id=job_id, state=JobState.succeeded, error=None)
             return _check_version(ref, version)

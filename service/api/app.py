@@ -18,8 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import workers
 from service.api.auth import TokenAuth
 from service.api.limits import RequestLimits
-from service.api.responses import is_protocol_path
+from service.api.responses import allowed_methods, is_protocol_path
 from service.api.routes import events, jobs, kserve_v2, metrics, predict, tfserving, ui
+from service.api.security import BrowserSafety
 from service.api.serving_deps import BodyTooLarge
 from service.config import Settings, get_settings
 from service.db import Database, is_disk_full, is_transient
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     if settings.api_token is not None:
         app.add_middleware(TokenAuth, token=settings.api_token.get_secret_value())
+    app.add_middleware(BrowserSafety)  # outermost: its headers go on every answer, 401s too
     return app
 
 
@@ -104,6 +106,17 @@ def _error(status_code: int, message: str, **extra: object) -> JSONResponse:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's answer to a body it could not decode (bytes that are not UTF-8): that
+            # is invalid JSON to the client, a 422 shaped like every other.
+            error = {"loc": ["body"], "msg": f"the body is not JSON text: {exc.__cause__}",
+                     "type": "json_invalid"}
+            return JSONResponse({"detail": [error], "message": f"body: {error['msg']}"},
+                                status_code=422)
+        if exc.status_code == 405:
+            routes = [*app.routes, *(route for router in ROUTERS for route in router.routes)]
+            allow = allowed_methods(request.url.path, routes)
+            exc = StarletteHTTPException(405, exc.detail, {**(exc.headers or {}), "Allow": allow})
         # An unknown path or method under a protocol's prefix answers in that protocol's
         # error shape, {"error": ...}, which its clients parse; elsewhere FastAPI's own.
         if is_protocol_path(request.url.path):
@@ -119,8 +132,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ImageError)
     async def _bad_image(_: Request, exc: ImageError) -> JSONResponse:
-        # Shaped like the other 422s: a detail and a message naming what was wrong.
-        return JSONResponse({"detail": str(exc), "message": f"file: {exc}"}, status_code=422)
+        # Shaped like every other 422, as the schema declares it: the list of errors, and a
+        # message naming what was wrong.
+        error = {"loc": ["body", "file"], "msg": str(exc), "type": "value_error"}
+        return JSONResponse({"detail": [error], "message": f"file: {exc}"}, status_code=422)
 
     @app.exception_handler(ImageTooLarge)
     @app.exception_handler(BodyTooLarge)

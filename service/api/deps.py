@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from service.db import Database
+from service.ids import PATTERN, parse_id
 from service.jobs import JobNotFound
+from service.serving import NAME_PATTERN
+
+# Told, not checked: FastAPI would answer a mismatch with a 422, and an id that names no
+# job is a 404 (parse_id says which).
+_ID_SCHEMA = {"pattern": f"^{PATTERN}$"}
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -29,11 +35,15 @@ def get_write_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def parse_job_id(job_id: str) -> int:
-    """Job ids are server-made integers; anything else names no job (404, not 422)."""
-    if not job_id.isdecimal() or len(job_id) > 18:
-        raise JobNotFound(job_id)
-    return int(job_id)
+def parse_job_id(
+    job_id: Annotated[str, Path(description="the job's id", json_schema_extra=_ID_SCHEMA)],
+) -> int:
+    """Job ids are server-made integers (service/ids.py); anything else names no job (404,
+    not 422)."""
+    parsed = parse_id(job_id)
+    if parsed is None:
+        raise JobNotFound(job_id[:40])  # echo a little of it, not a whole oversized path
+    return parsed
 
 
 # scope="function": the commit happens when the route returns, before the response is sent,
@@ -41,3 +51,10 @@ def parse_job_id(job_id: str) -> int:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
 JobIdDep = Annotated[int, Depends(parse_job_id)]
+
+# A served model's name and version, in the TF Serving and KServe paths: told in the schema
+# but not checked there either, since any other is a 404 that says why (service/serving.py).
+Name = Annotated[
+    str, Path(description="a job id, latest or best", json_schema_extra={"pattern": NAME_PATTERN})
+]
+Version = Annotated[str, Path(description="the job id", json_schema_extra=_ID_SCHEMA)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -10,6 +11,7 @@ DESCRIPTIONS = {
     400: "Bad request",
     401: "Missing or wrong token (when the server has one)",
     404: "No such job or model",
+    405: "A method this path does not take (see Allow)",
     409: "The job's state does not allow it",
     413: "The body is over the limit",
     415: "A body of a media type the route does not read",
@@ -42,3 +44,15 @@ class ProtocolErrorRead(BaseModel):
 def protocol_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for the TF Serving and KServe routes, whose errors are {"error": ...}."""
     return {code: {"model": ProtocolErrorRead, "description": DESCRIPTIONS[code]} for code in codes}
+
+
+
+def allowed_methods(path: str, routes: Iterable[object]) -> str:
+    """The `Allow` of a 405: every method some route takes at `path`. Starlette names only
+    the first route it matched, and `GET /jobs` and `POST /jobs` are two routes."""
+    methods: set[str] = set()
+    for route in routes:
+        regex = getattr(route, "path_regex", None)  # a Route; routers and mounts have none
+        if regex is not None and regex.match(path):
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))

@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.api.app import create_app
@@ -19,11 +22,21 @@ EXAMPLES_PER_OPERATION = 25
 # The same examples every run, so the suite fails only on a real regression. To explore with
 # fresh ones: TAPEFIT_FUZZ_EXPLORE=1 make test (each such finding so far was a real bug).
 DERANDOMIZE = os.environ.get("TAPEFIT_FUZZ_EXPLORE") != "1"
-# A job spec has rules JSON Schema cannot state (the last layer has 10 units, at most 20 M
-# parameters, momentum only for the momentum optimizer): schema-valid specs that break them are
-# rightly refused with a 422 naming the rule, so "valid data is accepted" cannot hold there.
-# Every other check, rejecting invalid data included, runs on every operation.
-SEMANTIC_RULES = {"POST /jobs"}
+# Checks that cannot hold for an operation, by schemathesis's names (the live run in
+# tests/e2e/test_fuzz_live.py leaves out the same). Every other check, rejecting invalid data
+# included, runs on every operation.
+EXCLUDED_CHECKS = {
+    # A job spec has rules JSON Schema cannot state (the last layer has 10 units, at most 20 M
+    # parameters, momentum only for the momentum optimizer), and so has an upload (its bytes
+    # are a PNG or JPEG that shows ink): schema-valid input that breaks them is rightly
+    # refused with a 422 naming the rule, so "valid data is accepted" cannot hold there.
+    "POST /jobs": ["positive_data_acceptance"],
+    "POST /jobs/{job_id}/predict": ["positive_data_acceptance"],
+    # No worker runs here, so readiness is a 503 (as it declares), which is the point of it.
+    "GET /readyz": ["not_a_server_error"],
+}
+_CHECKS = {"positive_data_acceptance": positive_data_acceptance,
+           "not_a_server_error": not_a_server_error}
 
 
 def test_every_operation_keeps_its_contract(tmp_path: Path) -> None:
@@ -42,7 +55,7 @@ def test_every_operation_keeps_its_contract(tmp_path: Path) -> None:
 
 def check_operation(operation: schemathesis.APIOperation) -> None:
     """Every check of schemathesis on generated requests to one operation."""
-    excluded = [positive_data_acceptance] if operation.label in SEMANTIC_RULES else []
+    excluded = [_CHECKS[name] for name in EXCLUDED_CHECKS.get(operation.label, [])]
 
     @given(case=operation.as_strategy())
     @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
@@ -51,3 +64,33 @@ def check_operation(operation: schemathesis.APIOperation) -> None:
         case.call_and_validate(excluded_checks=excluded)
 
     check()
+
+
+# What the live run (tests/e2e/test_fuzz_live.py) found, kept as fixed examples.
+
+
+def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
+    response = client.post("/jobs", content=b",\xff",
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+    assert response.json()["message"].startswith("body: the body is not JSON text")
+    assert client.get("/jobs").json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/jobs", "GET, POST"),  # two routes, one path
+        ("DELETE", "/jobs/1/cancel", "POST"),
+        ("OPTIONS", "/v1/models/3:predict", "POST"),  # not the status of a model "3:predict"
+        ("GET", "/v1/models/3/versions/3:predict", "POST"),
+        ("PUT", "/v1/models/3", "GET"),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405, response.text
+    assert response.headers["Allow"] == allow

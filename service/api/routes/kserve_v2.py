@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from service import open_inference
+from service.api.deps import Name, Version
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute
 from service.serving import Catalog
@@ -50,27 +51,27 @@ def list_models(catalog: CatalogDep) -> dict[str, list[str]]:
 
 
 @router.get("/models/{name}")
-def model_metadata(catalog: CatalogDep, name: str) -> dict[str, Any]:
+def model_metadata(catalog: CatalogDep, name: Name) -> dict[str, Any]:
     """The model's version, its FP32 [-1, 784] input and its outputs."""
     return open_inference.model_metadata(catalog.resolve(name))
 
 
 @router.get("/models/{name}/versions/{version}")
-def version_metadata(catalog: CatalogDep, name: str, version: str) -> dict[str, Any]:
+def version_metadata(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
     """One version's metadata; the version is the job id."""
     ref = catalog.resolve(name, version)
     return open_inference.model_metadata(ref)
 
 
 @router.get("/models/{name}/ready")
-def model_ready(catalog: CatalogDep, name: str) -> dict[str, Any]:
+def model_ready(catalog: CatalogDep, name: Name) -> dict[str, Any]:
     """200 with ready true once trained; 400 while the job is not, 404 for an unknown name."""
     ref = catalog.resolve(name)
     return {"name": ref.name, "ready": True}
 
 
 @router.get("/models/{name}/versions/{version}/ready")
-def version_ready(catalog: CatalogDep, name: str, version: str) -> dict[str, Any]:
+def version_ready(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
     """Readiness of one version of the model."""
     ref = catalog.resolve(name, version)
     return {"name": ref.name, "ready": True}
@@ -78,7 +79,7 @@ def version_ready(catalog: CatalogDep, name: str, version: str) -> dict[str, Any
 
 @router.post("/models/{name}/infer")
 def infer(
-    catalog: CatalogDep, name: str, body: BodyDep, length: HeaderLength = None
+    catalog: CatalogDep, name: Name, body: BodyDep, length: HeaderLength = None
 ) -> Response:
     """Probabilities (and the digit when asked) for FP32 [N, 784] or [N, 28, 28] images."""
     return _infer(catalog, body, length, name=name, version=None)
@@ -86,7 +87,7 @@ def infer(
 
 @router.post("/models/{name}/versions/{version}/infer")
 def version_infer(
-    catalog: CatalogDep, name: str, version: str, body: BodyDep,
+    catalog: CatalogDep, name: Name, version: Version, body: BodyDep,
     length: HeaderLength = None,
 ) -> Response:
     """Inference with one version of the model; another version than its job id is a 404."""

@@ -1,8 +1,9 @@
 """TensorFlow Serving's REST API: model status, metadata and predict, for every trained job.
 
 A model's name is a job id, `latest` or `best`; its one version is the job id. The `:predict`
-paths end in a literal after the name: Starlette's `{name}` matches no `/` and gives way to
-the literal, so `/v1/models/3:predict` is model 3 (a name never holds a colon).
+paths end in a literal after the name, and a name or version never holds a colon, so neither
+matches one: `/v1/models/3:predict` is model 3's predict, never the status of a model named
+`3:predict` (and a GET there is a 405 that allows POST).
 """
 
 from __future__ import annotations
@@ -11,52 +12,66 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from service import tfserving
+from service.api.deps import Name, Version
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute, error
 from service.serving import Catalog
+
+
+class _Segment(StringConvertor):
+    """A name or version in a path: no `/`, as any segment, and no `:`, which starts a verb."""
+
+    regex = "[^/:]+"
+
+
+register_url_convertor("segment", _Segment())
 
 router = APIRouter(
     prefix="/v1/models",
     tags=["tensorflow serving"],
     route_class=ProtocolRoute,
-    responses=protocol_errors(400, 404, 413),
+    # 405: a name with a colon in it is no model's name, but it may be a verb's path.
+    responses=protocol_errors(400, 404, 405, 413),
 )
 
 
-@router.get("/{name}")
-def model_status(catalog: CatalogDep, name: str) -> dict[str, Any]:
+@router.get("/{name:segment}")
+def model_status(catalog: CatalogDep, name: Name) -> dict[str, Any]:
     """The model's version and state (AVAILABLE once trained), with KServe v1's `ready`."""
     return tfserving.model_status(catalog.find(name))
 
 
-@router.get("/{name}/versions/{version}")
-def version_status(catalog: CatalogDep, name: str, version: str) -> dict[str, Any]:
+@router.get("/{name:segment}/versions/{version:segment}")
+def version_status(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
     """The state of one version of the model; the version is its job id."""
     return tfserving.model_status(catalog.find(name, version))
 
 
-@router.get("/{name}/metadata")
-def model_metadata(catalog: CatalogDep, name: str) -> dict[str, Any]:
+@router.get("/{name:segment}/metadata")
+def model_metadata(catalog: CatalogDep, name: Name) -> dict[str, Any]:
     """The serving signature: images [-1, 784] DT_FLOAT in, probabilities [-1, 10] out."""
     return tfserving.model_metadata(catalog.resolve(name))
 
 
-@router.get("/{name}/versions/{version}/metadata")
-def version_metadata(catalog: CatalogDep, name: str, version: str) -> dict[str, Any]:
+@router.get("/{name:segment}/versions/{version:segment}/metadata")
+def version_metadata(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
     """The serving signature of one version of the model."""
     return tfserving.model_metadata(catalog.resolve(name, version))
 
 
-@router.post("/{name}:predict")
-def predict(catalog: CatalogDep, name: str, body: BodyDep) -> JSONResponse:
+@router.post("/{name:segment}:predict")
+def predict(catalog: CatalogDep, name: Name, body: BodyDep) -> JSONResponse:
     """Rows (`instances` → `predictions`) or columns (`inputs` → `outputs`) of probabilities."""
     return _predict(catalog, body, name=name, version=None)
 
 
-@router.post("/{name}/versions/{version}:predict")
-def version_predict(catalog: CatalogDep, name: str, version: str, body: BodyDep) -> JSONResponse:
+@router.post("/{name:segment}/versions/{version:segment}:predict")
+def version_predict(
+    catalog: CatalogDep, name: Name, version: Version, body: BodyDep
+) -> JSONResponse:
     """Predict with one version of the model; another version than its job id is a 404."""
     return _predict(catalog, body, name=name, version=version)
 
@@ -69,8 +84,8 @@ def _predict(catalog: Catalog, body: bytes, *, name: str, version: str | None) -
     return JSONResponse(tfserving.predict_response(probabilities, columnar=call.columnar))
 
 
-@router.post("/{name}:{verb}", include_in_schema=False)
-@router.post("/{name}/versions/{version}:{verb}", include_in_schema=False)
+@router.post("/{name:segment}:{verb}", include_in_schema=False)
+@router.post("/{name:segment}/versions/{version:segment}:{verb}", include_in_schema=False)
 def other_verb(name: str, verb: str, version: str | None = None) -> JSONResponse:
     """TF Serving's other verbs: this model has only the predict signature."""
     if verb in ("classify", "regress"):
