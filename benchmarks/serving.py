@@ -53,13 +53,15 @@ def bench_serving(
     """Measure the serving path for `model` (a job id, latest or best) in `data_dir`."""
     settings = Settings(data_dir=data_dir)
     database = Database(settings.sqlalchemy_url)
+    store = ModelStore(settings.models_dir, capacity=1)
     try:
-        with database.session() as session:
-            job_id = serving.resolve(session=session, name=model).job_id
+        catalog = serving.Catalog(database=database, store=store)
+        job_id = catalog.resolve(model).job_id
+        sha256 = catalog.cache(job_id)
     finally:
         database.dispose()
     image = _image()
-    p50, p99 = _latency(ModelStore(settings.models_dir, capacity=1), job_id, image, runs)
+    p50, p99 = _latency(store, sha256, image, runs)
     # The server reads the same environment: with TAPEFIT_API_TOKEN set, it wants the token.
     token = settings.api_token.get_secret_value() if settings.api_token else None
     requests = _requests(job_id, image, token)
@@ -93,13 +95,13 @@ def _image() -> np.ndarray:
     return (rng.random(784) * (rng.random(784) < 0.2)).astype(np.float32).reshape(1, 784)
 
 
-def _latency(store: ModelStore, job_id: int, image: np.ndarray, runs: int) -> tuple[float, float]:
+def _latency(store: ModelStore, sha256: str, image: np.ndarray, runs: int) -> tuple[float, float]:
     for _ in range(200):  # load the model, warm the caches
-        store.predict(job_id, image)
+        store.predict(sha256, image)
     times = np.empty(runs)
     for i in range(runs):
         start = time.perf_counter_ns()
-        store.predict(job_id, image)
+        store.predict(sha256, image)
         times[i] = time.perf_counter_ns() - start
     return float(np.percentile(times, 50)) / 1e3, float(np.percentile(times, 99)) / 1e3
 

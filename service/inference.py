@@ -1,12 +1,15 @@
 """Predictions from the trained models' .tflite files, with LiteRT (no TensorFlow here).
 
-Only the service's own artifacts are loaded: a model is found by its job's integer id under
-the models folder, and its real path must stay inside that folder, so no request can name a
-file, and a link planted in the data dir cannot lead out of it.
+The database row of a job's model (its bytes and their sha256) is the one truth; this store is
+a cache of it on the API's disk and in memory. Files are named by their sha256 and checked
+against it whenever they are read, so a file changed on disk (or half written) is never
+served, and no request can name a path: a name is only ever a hash the database gave.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -15,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from service.files import write_atomically
 from service.schemas import INPUT_SIZE, NUM_CLASSES
 
-MODEL_FILE = "model.tflite"
 MAX_INSTANCES = 1_000
 _SIDE = 28
 
@@ -30,9 +33,7 @@ class BadInput(ValueError):
     """Tensor data that is not a batch of 28x28 images with pixels in [0, 1]."""
 
 
-def model_path(models_dir: Path, job_id: int) -> Path:
-    """Where the worker exports job `job_id`'s model."""
-    return models_dir / str(int(job_id)) / MODEL_FILE
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def as_numbers(values: object) -> np.ndarray:
@@ -73,7 +74,6 @@ def check_images(array: np.ndarray) -> np.ndarray:
 @dataclass
 class _LoadedModel:
     interpreter: Interpreter
-    mtime_ns: int
     input_index: int
     output_index: int
     # A LiteRT interpreter holds its tensors in place: one request at a time per model.
@@ -92,65 +92,80 @@ class _LoadedModel:
 
 
 class ModelStore:
-    """A bounded LRU cache of loaded models, safe to share between request threads."""
+    """Models by the sha256 of their bytes: verified files in `models_dir`, and a bounded LRU
+    of loaded interpreters, safe to share between request threads."""
 
     def __init__(self, models_dir: Path, capacity: int) -> None:
         self.models_dir = models_dir
         self.capacity = capacity
-        self._models: OrderedDict[int, _LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, _LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def predict(self, job_id: int, images: np.ndarray) -> np.ndarray:
+    def has(self, sha256: str) -> bool:
+        """True when the model's file is here (its bytes are checked when they are read)."""
+        return self._path(sha256).is_file()
+
+    def put(self, sha256: str, content: bytes) -> None:
+        """Keep `content` under its hash; ModelUnavailable when it does not match it."""
+        _verify(sha256, content)
+        write_atomically(self._path(sha256), content)
+
+    def content(self, sha256: str) -> bytes:
+        """The model's bytes, checked against their hash."""
+        try:
+            content = self._path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise ModelUnavailable("the model's file is gone from this server's cache") from None
+        _verify(sha256, content)
+        return content
+
+    def predict(self, sha256: str, images: np.ndarray) -> np.ndarray:
         """Probabilities, shape (N, 10), for `images` of shape (N, 784) in [0, 1]."""
         images = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, INPUT_SIZE)
-        probabilities = self._get(job_id).predict(images)
+        probabilities = self._get(sha256).predict(images)
         if probabilities.shape != (images.shape[0], NUM_CLASSES):
-            raise ModelUnavailable(f"job {job_id}'s model gives shape {probabilities.shape}")
+            raise ModelUnavailable(f"the model gives shape {probabilities.shape}")
         return probabilities
 
-    def artifact(self, job_id: int) -> Path:
-        """The job's .tflite file, checked to be the service's own; ModelUnavailable if none."""
-        path = model_path(self.models_dir, job_id)
-        if not path.is_file():
-            raise ModelUnavailable(f"job {job_id} has no trained model")
-        if not path.resolve().is_relative_to(self.models_dir.resolve()):
-            raise ModelUnavailable(f"job {job_id}'s model is not in the models folder")
-        return path
+    def _path(self, sha256: str) -> Path:
+        if not _SHA256.fullmatch(sha256):
+            raise ValueError(f"not a sha256: {sha256[:80]!r}")
+        return self.models_dir / f"{sha256}.tflite"
 
-    def _get(self, job_id: int) -> _LoadedModel:
-        path = model_path(self.models_dir, job_id)
-        try:
-            mtime_ns = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            raise ModelUnavailable(f"job {job_id} has no trained model") from None
+    def _get(self, sha256: str) -> _LoadedModel:
         with self._lock:
-            loaded = self._models.get(job_id)
-            # A re-exported file (a resumed job) replaces the cached one.
-            if loaded is not None and loaded.mtime_ns == mtime_ns:
-                self._models.move_to_end(job_id)
+            loaded = self._models.get(sha256)
+            if loaded is not None:
+                self._models.move_to_end(sha256)
                 return loaded
-        loaded = self._load(job_id, mtime_ns)
+        loaded = self._load(sha256)
         with self._lock:
-            self._models[job_id] = loaded
-            self._models.move_to_end(job_id)
+            self._models[sha256] = loaded
+            self._models.move_to_end(sha256)
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
         return loaded
 
-    def _load(self, job_id: int, mtime_ns: int) -> _LoadedModel:
-        path = self.artifact(job_id)
+    def _load(self, sha256: str) -> _LoadedModel:
+        content = self.content(sha256)
         try:
             # One thread per interpreter: the models are small, and requests run in parallel.
-            interpreter = Interpreter(model_path=str(path), num_threads=1)
+            interpreter = Interpreter(model_content=content, num_threads=1)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelUnavailable(f"job {job_id}'s model could not be loaded: {exc}") from None
+            raise ModelUnavailable(f"the model could not be loaded: {exc}") from None
         return _LoadedModel(
             interpreter=interpreter,
-            mtime_ns=mtime_ns,
             input_index=interpreter.get_input_details()[0]["index"],
             output_index=interpreter.get_output_details()[0]["index"],
         )
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+def _verify(sha256: str, content: bytes) -> None:
+    if hashlib.sha256(content).hexdigest() != sha256:
+        raise ModelUnavailable(
+            "the model's bytes do not match their recorded sha256: refusing to serve them"
+        )

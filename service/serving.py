@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
-from service import jobs
 from service.db import Database
-from service.files import write_atomically
 from service.ids import PATTERN, parse_id
-from service.inference import ModelStore, ModelUnavailable, model_path
-from service.models import Job
+from service.inference import ModelStore, ModelUnavailable
+from service.models import Artifact, Job
 from service.schemas import JobState
 
 LATEST = "latest"  # the newest succeeded job: the highest id, as TF Serving's latest version
@@ -135,23 +132,25 @@ def _check_version(ref: ModelRef, version: str | None) -> ModelRef:
 
 class Catalog:
     """The models as the API serves them: each lookup in its own short read session, and the
-    ids of succeeded jobs remembered, so a prediction by job id costs no query (under load a
-    query costs more than the inference). That is safe because succeeded is a final state.
-    Aliases are looked up every time: they move whenever a job succeeds."""
+    hash of each succeeded job's model remembered, so a prediction by job id costs no query
+    (under load a query costs more than the inference). That is safe because succeeded is a
+    final state and a model never changes. Aliases are looked up every time: they move
+    whenever a job succeeds."""
 
     _MAX_REMEMBERED = 100_000
 
     def __init__(self, *, database: Database, store: ModelStore) -> None:
         self.database = database
         self.store = store
-        self._succeeded: set[int] = set()
+        # Succeeded job ids, and their model's sha256 once it was fetched.
+        self._succeeded: dict[int, str | None] = {}
 
     def find(self, name: str, version: str | None = None) -> ModelRef:
         """The job `name` means, in whatever state (see `find_model`)."""
         with self.database.session() as session:
             ref = find_model(session=session, name=name, version=version)
         if ref.ready:
-            self._remember(ref.job_id)
+            self._remember(ref.job_id, self._succeeded.get(ref.job_id))
         return ref
 
     def resolve(self, name: str, version: str | None = None) -> ModelRef:
@@ -167,25 +166,29 @@ class Catalog:
 
     def predict(self, ref: ModelRef, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, 10) from the model's LiteRT interpreter."""
-        self._fetch(ref.job_id)
-        return self.store.predict(ref.job_id, images)
+        return self.store.predict(self.cache(ref.job_id), images)
 
-    def artifact(self, ref: ModelRef) -> Path:
-        """The model's .tflite file."""
-        self._fetch(ref.job_id)
-        return self.store.artifact(ref.job_id)
+    def content(self, ref: ModelRef) -> bytes:
+        """The model's .tflite bytes, checked against the hash the database holds."""
+        return self.store.content(self.cache(ref.job_id))
 
-    def _fetch(self, job_id: int) -> None:
-        """Copy the model from the database when this machine has no file for it: the worker
-        that trained it may share nothing but the database with this API."""
-        path = model_path(self.store.models_dir, job_id)
-        if path.is_file():
-            return
+    def cache(self, job_id: int) -> str:
+        """The model's hash, with its bytes in the store: copied from the database (the
+        worker that trained it may share nothing else with this API) and checked there."""
+        sha256 = self._succeeded.get(job_id)
+        if sha256 is not None and self.store.has(sha256):
+            return sha256
         with self.database.session() as session:
-            artifact = jobs.model_artifact(session=session, job_id=job_id)
-            content = artifact.content if artifact is not None else None
-        if content is not None:
-            write_atomically(path, content)
+            sha256 = session.scalar(select(Artifact.sha256).where(Artifact.job_id == job_id))
+            if sha256 is None:
+                raise ModelUnavailable(f"job {job_id} has no trained model")
+            if not self.store.has(sha256):
+                content = session.scalar(
+                    select(Artifact.content).where(Artifact.job_id == job_id)
+                )
+                self.store.put(sha256, content)
+        self._remember(job_id, sha256)
+        return sha256
 
     def names(self) -> list[str]:
         """See `servable_names`."""
@@ -197,7 +200,7 @@ class Catalog:
         with self.database.session() as session:
             return database_ready(session=session)
 
-    def _remember(self, job_id: int) -> None:
+    def _remember(self, job_id: int, sha256: str | None) -> None:
         if len(self._succeeded) >= self._MAX_REMEMBERED:
             self._succeeded.clear()  # crude but bounded; the next lookups refill it
-        self._succeeded.add(job_id)
+        self._succeeded[job_id] = sha256

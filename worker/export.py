@@ -1,6 +1,7 @@
-"""A trained model's servable artifact: a .tflite file for the API's LiteRT runtime.
+"""A trained model's servable artifact: the bytes of a .tflite model for the API's LiteRT runtime.
 
-The API serves `model.tflite` as soon as the file exists, so it is written atomically.
+The worker writes no model file: the bytes go into the database with the job's success
+(service.queue.leases.finish_job), the one copy every API fills its cache from.
 (The weights' TensorFlow checkpoint is worker/checkpoint.py's, written every epoch.)
 """
 
@@ -13,11 +14,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from service.files import owned_folder, write_atomically
+from service.files import owned_folder
 from service.schemas import INPUT_SIZE
 from worker.models import Model, predict_probabilities
 
-MODEL_FILE = "model.tflite"
 # The name of a conversion's scratch folder; the worker sweeps abandoned ones at start.
 SCRATCH_PREFIX = "tflite-"
 
@@ -36,15 +36,14 @@ class _Servable(tf.Module):
         return predict_probabilities(self._model, images)
 
 
-def export_model(model: Model, directory: Path, *, scratch: Path | None = None) -> Path:
-    """Write `directory/model.tflite` (images → probabilities); return its path.
+def export_model(model: Model, *, scratch: Path | None = None) -> bytes:
+    """The model as a .tflite flatbuffer (images → probabilities).
 
     The converter first saves the model as a SavedModel (its weights and more: 1.7 MB for
     the book's model, up to 80 MB at the parameter limit).
     With `scratch`, that goes in a folder of this process's own under it (see
     service.files.owned_folder), removed when the conversion ends however it ends, and
     left to the next worker's sweep if this process is killed; else in the system's temp."""
-    directory.mkdir(parents=True, exist_ok=True)
     servable = _Servable(model)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [servable.predict.get_concrete_function()], servable
@@ -54,10 +53,7 @@ def export_model(model: Model, directory: Path, *, scratch: Path | None = None) 
             stack.enter_context(_temporary_files_in(
                 stack.enter_context(owned_folder(scratch, prefix=SCRATCH_PREFIX))
             ))
-        content = converter.convert()
-    path = directory / MODEL_FILE
-    write_atomically(path, content)
-    return path
+        return converter.convert()
 
 
 @contextlib.contextmanager

@@ -1,8 +1,5 @@
-"""The worker process: claim the oldest queued job, train it, record every batch, repeat.
-
-A requeued job (its worker died, or shut down) resumes from its newest checkpoint, and the
-rows written after that checkpoint are replaced, so its loss curve has no gaps or repeats.
-"""
+"""The worker process: claim the oldest queued job, run it (worker/run.py), persist its one
+outcome (worker/outcomes.py), repeat; between jobs, sweep for the jobs of lost workers."""
 
 from __future__ import annotations
 
@@ -17,14 +14,15 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from service import jobs, leases
+from service import leases
 from service.config import Settings
 from service.db import Database, is_disk_full, is_transient
 from service.files import sweep_abandoned
 from service.leases import Lease, LeaseLost
-from service.schemas import JobSpec
 from service.sweeper import sweep_once
-from worker.recorder import Heartbeat, JobRecorder, Presence
+from worker.outcomes import HandedBack, Outcome, describe, persist
+from worker.recorder import Heartbeat, Presence
+from worker.run import JobRun
 
 log = logging.getLogger("tapefit.worker")
 
@@ -87,137 +85,40 @@ class Worker:
         if lease is None:
             return False
         log.info("job %s: claimed (lease %s)", lease.job_id, lease.token)
-        try:
-            self.run_job(lease)
-        except LeaseLost as exc:
-            log.warning("job %s: %s; leaving it", lease.job_id, exc)
-        except (OperationalError, OSError) as exc:  # _train lets only a full disk's OSError out
-            self._hand_back(lease, exc)
-            raise
+        self.run_job(lease)
         return True
 
-    def _hand_back(self, lease: Lease, exc: Exception) -> None:
+    def run_job(self, lease: Lease) -> Outcome | None:
+        """Run a claimed job and persist its outcome; None when the lease was lost (the job
+        is someone else's now). Database errors and a full disk hand the job back and are
+        raised, for run_forever to wait out."""
+        with Heartbeat(self.database, lease, self.settings.heartbeat_interval,
+                       presence=self.presence) as heartbeat:
+            run = JobRun(self.database, self.settings, lease, heartbeat=heartbeat,
+                         stop=self.stop, scratch=self.scratch_dir)
+            try:
+                outcome = run.execute()
+                persist(outcome, run.recorder)
+            except LeaseLost as exc:
+                log.warning("job %s: %s; leaving it", lease.job_id, exc)
+                return None
+            except (OperationalError, OSError) as exc:  # only a full disk's OSError comes out
+                self._hand_back(run, exc)
+                raise
+        log.info("job %s: %s", lease.job_id, describe(outcome))
+        return outcome
+
+    def _hand_back(self, run: JobRun, exc: Exception) -> None:
         """After a write failed mid-job: return the job to the queue, where the next worker
         resumes it from its checkpoint. If the database does not answer this either (a full
         disk refuses this write too), the sweepers requeue the job once its lease times out."""
         reason = "the disk is full" if is_disk_full(exc) else "a database write failed"
-        log.warning("job %s: %s; handing the job back", lease.job_id, reason)
+        log.warning("job %s: %s; handing the job back", run.lease.job_id, reason)
         try:
-            with self.database.session(write=True) as session:
-                leases.release_job(session=session, lease=lease)
-        except (OperationalError, LeaseLost) as exc:
-            log.warning("job %s: could not hand it back (%s); the sweepers will", lease.job_id,
-                        exc)
-
-    def run_job(self, lease: Lease) -> None:
-        """Train (or resume), evaluate and export one claimed job, recording its end state."""
-        with Heartbeat(self.database, lease, self.settings.heartbeat_interval,
-                       presence=self.presence) as heartbeat:
-            recorder = JobRecorder(
-                self.database,
-                lease,
-                flush_rows=self.settings.flush_rows,
-                flush_interval=self.settings.flush_interval,
-                stop=self.stop,
-                heartbeat=heartbeat,
-            )
-            self._train(lease, recorder)
-
-    def _train(self, lease: Lease, recorder: JobRecorder) -> None:
-        # TensorFlow loads here, not at import, so `tapefit worker --help` stays fast.
-        from worker.checkpoint import Checkpointer, UnusableCheckpoint
-        from worker.data import DataError, limited, load_mnist
-        from worker.export import export_model
-        from worker.models import Model, build_model
-        from worker.training import Diverged, FitPosition, Stopped, fit
-        from worker.updaters import Updater, build_updater
-
-        with self.database.session() as session:
-            job = jobs.get_job(session=session, job_id=lease.job_id)
-            spec, recorded_steps = JobSpec.model_validate(job.spec), job.steps_done
-            stored = leases.load_checkpoint(session=session, job_id=lease.job_id)
-            checkpoint = stored.content if stored is not None else None
-        try:
-            data = limited(
-                load_mnist(self.settings.mnist_path),
-                spec.dataset.train_limit,
-                spec.dataset.test_limit,
-            )
-            batches = math.ceil(len(data.x_train) / spec.batch_size)
-
-            def fresh() -> tuple[Model, Updater, Checkpointer]:
-                model = build_model(spec.model, seed=spec.seed)
-                updater = build_updater(spec.optimizer)
-                return model, updater, Checkpointer(model, updater)
-
-            model, updater, checkpointer = fresh()
-            try:
-                position = checkpointer.restore(
-                    checkpoint, batches_per_epoch=batches, recorded_steps=recorded_steps
-                )
-            except UnusableCheckpoint as exc:
-                # Starting over beats failing the job; the rewind keeps the curve clean.
-                log.warning("job %s: its checkpoint is unusable (%s); starting over",
-                            lease.job_id, exc)
-                model, updater, checkpointer = fresh()  # nothing half-restored
-                position = FitPosition()
-            del checkpoint, stored  # up to a few hundred MB for a large model
-
-            def save_checkpoint() -> None:
-                recorder.record(leases.save_checkpoint, content=checkpointer.pack(position),
-                                step=position.epoch * batches + position.batch)
-
-            recorder.record(
-                leases.start_job,
-                total_steps=spec.epochs * batches,
-                step=position.epoch * batches + position.batch,
-                epoch=position.epoch,
-            )
-            if position.epoch or position.batch:
-                log.info("job %s: resuming at epoch %s, batch %s",
-                         lease.job_id, position.epoch, position.batch)
-            # Checkpoint only what the database has accepted: rows first, then the state.
-            recorder.after_epoch = save_checkpoint
-            test_loss, test_accuracy = fit(
-                model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
-                seed=spec.seed, shuffle=spec.shuffle, callback=recorder, position=position,
-            )
-            exported = export_model(model, self.job_dir(lease.job_id),
-                                    scratch=self.scratch_dir)
-        except Stopped:
-            if recorder.heartbeat.lost.is_set():
-                raise LeaseLost(f"job {lease.job_id} was taken over") from None
-            if not recorder.cancel_requested:
-                save_checkpoint()  # with the rows still held; it may learn of a cancel too
-            if recorder.cancel_requested:
-                recorder.record(leases.mark_cancelled)
-                log.info("job %s: cancelled", lease.job_id)
-                return
-            recorder.record(leases.release_job)
-            log.info("job %s: checkpointed and handed back to the queue", lease.job_id)
-            return
-        except (DataError, Diverged) as exc:
-            recorder.record(leases.fail_job, error=str(exc))
-            log.warning("job %s: failed: %s", lease.job_id, exc)
-            return
-        except (LeaseLost, OperationalError):
-            raise  # not the job's fault: run_once decides what becomes of it
-        except Exception as exc:  # any other error fails the job, not the worker
-            if is_disk_full(exc):
-                raise  # nor does a full disk (the export's files): it is handed back
-            log.exception("job %s: failed", lease.job_id)
-            recorder.record(leases.fail_job, error=f"{type(exc).__name__}: {exc}")
-            return
-        recorder.record(
-            leases.finish_job,
-            test_loss=test_loss,
-            test_accuracy=test_accuracy,
-            model=exported.read_bytes(),
-        )
-        log.info("job %s: succeeded, test accuracy %.4f", lease.job_id, test_accuracy)
-
-    def job_dir(self, job_id: int) -> Path:
-        return self.settings.models_dir / str(job_id)
+            persist(HandedBack(reason), run.recorder)
+        except (OperationalError, OSError, LeaseLost) as again:
+            log.warning("job %s: could not hand it back (%s); the sweepers will",
+                        run.lease.job_id, again)
 
     @property
     def scratch_dir(self) -> Path:

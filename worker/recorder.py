@@ -106,6 +106,7 @@ class JobRecorder:
         flush_interval: float,
         stop: threading.Event,
         heartbeat: Heartbeat,
+        after_epoch: Callable[[], None] = lambda: None,
     ) -> None:
         self.database, self.lease = database, lease
         self.flush_rows, self.flush_interval = flush_rows, flush_interval
@@ -113,7 +114,7 @@ class JobRecorder:
         self.cancel_requested = False
         self.seconds_writing = 0.0  # time the training loop spent in database writes
         # Runs after an epoch's rows are committed: the worker checkpoints there.
-        self.after_epoch: Callable[[], None] = lambda: None
+        self.after_epoch = after_epoch
         self._rows: list[dict[str, Any]] = []
         self._started = time.monotonic()
         self._last_flush = -math.inf  # the first batch is written at once
@@ -135,6 +136,7 @@ class JobRecorder:
         return self.cancel_requested or self.stop.is_set() or self.heartbeat.lost.is_set()
 
     def flush(self) -> None:
+        """Write the rows held so far (and learn whether a cancel was asked)."""
         self.record(None)
 
     def record(self, change: Callable[..., None] | None, **values: Any) -> None:

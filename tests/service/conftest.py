@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from service import jobs
 from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
+from service.inference import ModelStore
 from service.migrate import upgrade
 from service.schemas import JobSpec, JobState
 from tests.conftest import SAMPLE, make_settings
@@ -48,6 +50,21 @@ class Trained:
     accuracy: dict[int, float]
     x_test: np.ndarray  # (500, 28, 28) float32 in [0, 1]
     y_test: np.ndarray
+
+    def model(self, job_id: int) -> tuple[str, bytes]:
+        """The job's model as the database holds it: (sha256, bytes)."""
+        with self.database.session() as session:
+            artifact = jobs.model_artifact(session=session, job_id=job_id)
+            return artifact.sha256, artifact.content
+
+    def store(self, folder: Path, *job_ids: int, capacity: int = 2) -> tuple[ModelStore, list[str]]:
+        """A model store in `folder` holding these jobs' models, and their hashes."""
+        store, hashes = ModelStore(folder, capacity), []
+        for job_id in job_ids:
+            sha256, content = self.model(job_id)
+            store.put(sha256, content)
+            hashes.append(sha256)
+        return store, hashes
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from ai_edge_litert.interpreter import Interpreter
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.inference import ModelStore, ModelUnavailable, model_path
+from service.inference import ModelStore, ModelUnavailable
 from service.schemas import JobSpec
 from tests.service.conftest import GOOD_SPEC, Trained
 
@@ -41,29 +40,35 @@ def test_litert_matches_a_trained_tensorflow_model_within_1e_5(
             )
         for weight, gradient in zip(model.weights, tape.gradient(loss, model.weights), strict=True):
             weight.assign_sub(0.1 * gradient)
-    export_model(model, tmp_path / "models" / "1")
+    content = export_model(model)
+    sha256 = hashlib.sha256(content).hexdigest()
     store = ModelStore(tmp_path / "models", capacity=1)
+    store.put(sha256, content)
     expected = predict_probabilities(model, images).numpy()
-    got = np.concatenate([store.predict(1, images[:1]), store.predict(1, images[1:])])
+    got = np.concatenate([store.predict(sha256, images[:1]), store.predict(sha256, images[1:])])
     assert np.abs(got - expected).max() < 1e-5
     if implementation == "keras":  # the naive layers learn too slowly to see it in 10 steps
         assert (got.argmax(axis=1) == trained.y_test).mean() > 0.5
 
 
-def test_litert_scores_the_accuracy_the_worker_measured_with_tensorflow(trained: Trained) -> None:
-    store = ModelStore(trained.settings.models_dir, capacity=2)
-    for job_id in (trained.good, trained.weak):
-        digits = store.predict(job_id, trained.x_test.reshape(-1, 784)).argmax(axis=1)
+def test_litert_scores_the_accuracy_the_worker_measured_with_tensorflow(
+    trained: Trained, tmp_path: Path
+) -> None:
+    store, hashes = trained.store(tmp_path, trained.good, trained.weak)
+    for job_id, sha256 in zip((trained.good, trained.weak), hashes, strict=True):
+        digits = store.predict(sha256, trained.x_test.reshape(-1, 784)).argmax(axis=1)
         litert = (digits == trained.y_test).mean()
         assert abs(litert - trained.accuracy[job_id]) <= 1 / 500, (job_id, litert)
 
 
-def test_concurrent_requests_of_mixed_sizes_get_their_own_answers(trained: Trained) -> None:
-    store = ModelStore(trained.settings.models_dir, capacity=1)  # evictions on every switch
+def test_concurrent_requests_of_mixed_sizes_get_their_own_answers(
+    trained: Trained, tmp_path: Path
+) -> None:
+    # Capacity 1: evictions on every switch.
+    store, jobs = trained.store(tmp_path, trained.good, trained.weak, capacity=1)
     images = trained.x_test.reshape(-1, 784)
-    jobs = (trained.good, trained.weak)
     cases = [(jobs[i % 2], i % 50, 1 + i % 7) for i in range(400)]
-    reference = ModelStore(trained.settings.models_dir, capacity=2)
+    reference, _ = trained.store(tmp_path / "reference", trained.good, trained.weak)
     expected = [reference.predict(job, images[start : start + n]) for job, start, n in cases]
 
     def run(case: tuple[int, int, int]) -> np.ndarray:
@@ -92,30 +97,46 @@ def test_concurrent_http_predictions(served: TestClient, trained: Trained) -> No
         assert list(pool.map(ask, range(48))) == serial
 
 
-def test_a_link_out_of_the_models_folder_is_never_loaded(trained: Trained, tmp_path: Path) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    shutil.copytree(trained.settings.models_dir / str(trained.good), elsewhere)
-    models = tmp_path / "models"
-    models.mkdir()
-    os.symlink(elsewhere, models / "5")
-    store = ModelStore(models, capacity=2)
-    with pytest.raises(ModelUnavailable, match="not in the models folder"):
-        store.predict(5, np.zeros((1, 784), np.float32))
-    with pytest.raises(ModelUnavailable, match="no trained model"):
-        store.predict(6, np.zeros((1, 784), np.float32))
+def test_a_cached_file_that_does_not_match_its_hash_is_never_served(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """The database row is the truth; a file changed on this disk (or a half-written one)
+    is refused, not served, and no name but a hash reaches the disk."""
+    store, (good,) = trained.store(tmp_path, trained.good)
+    _, weak_content = trained.model(trained.weak)
+    (tmp_path / f"{good}.tflite").write_bytes(weak_content)  # another model under its name
+    with pytest.raises(ModelUnavailable, match="do not match their recorded sha256"):
+        store.predict(good, np.zeros((1, 784), np.float32))
+    with pytest.raises(ModelUnavailable, match="do not match"):
+        store.put(good, weak_content)
+    with pytest.raises(ModelUnavailable, match="gone"):
+        store.predict("0" * 64, np.zeros((1, 784), np.float32))
+    with pytest.raises(ValueError, match="not a sha256"):
+        store.content("../../etc/passwd")
 
 
-def test_a_re_exported_model_replaces_the_cached_one(trained: Trained, tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    (models / "1").mkdir(parents=True)
-    store = ModelStore(models, capacity=2)
-    image = trained.x_test[:1].reshape(1, 784)
-    shutil.copy(model_path(trained.settings.models_dir, trained.good), models / "1")
-    first = store.predict(1, image)
-    target = models / "1" / "model.tflite"
-    shutil.copy(model_path(trained.settings.models_dir, trained.weak), target)
-    os.utime(target, ns=(1, target.stat().st_mtime_ns + 10**9))
-    assert not np.array_equal(store.predict(1, image), first)
+def test_the_api_refills_its_cache_from_the_database_and_checks_it(
+    trained: Trained, tmp_path: Path
+) -> None:
+    elsewhere = trained.settings.model_copy(
+        update={"data_dir": tmp_path / "api", "database_url": trained.settings.sqlalchemy_url}
+    )
+    sha256, content = trained.model(trained.good)
+    body = {"instances": trained.x_test[:5].reshape(-1, 784).tolist()}
+    with TestClient(create_app(elsewhere)) as client:
+        first = client.post(f"/jobs/{trained.good}/predict", json=body).json()
+        cached = elsewhere.models_dir / f"{sha256}.tflite"
+        assert cached.read_bytes() == content
+        # A cached file that no longer matches is refused, whatever it holds.
+        cached.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+        other = TestClient(create_app(elsewhere))  # a fresh process: nothing loaded yet
+        with other:
+            response = other.get(f"/jobs/{trained.good}/model")
+            assert response.status_code == 409
+            assert "do not match" in response.json()["detail"]
+        cached.unlink()  # gone: filled again from the row
+        assert client.post(f"/jobs/{trained.good}/predict", json=body).json() == first
+        assert client.get(f"/jobs/{trained.good}/model").content == content
 
 
 def test_the_model_downloads_as_tflite_and_loads_in_litert(
@@ -180,8 +201,7 @@ def test_a_model_only_in_the_database_is_served(tmp_path: Path, trained: Trained
         assert here.status_code == 200
         digits = [p["digit"] for p in here.json()["predictions"]]
         assert np.mean(np.array(digits) == trained.y_test[:20]) > 0.7
-        # It was copied here from the database, whole.
-        copied = model_path(elsewhere.models_dir, trained.good).read_bytes()
-        original = model_path(trained.settings.models_dir, trained.good).read_bytes()
-        assert copied == original
+        # It was copied here from the database, whole, under its hash.
+        sha256, original = trained.model(trained.good)
+        assert (elsewhere.models_dir / f"{sha256}.tflite").read_bytes() == original
         assert client.get(f"/jobs/{trained.good}/model").content == original

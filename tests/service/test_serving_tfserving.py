@@ -104,7 +104,7 @@ def test_the_name_does_not_swallow_predict(served: TestClient, trained: Trained)
                  "/v1/models/:predict"):
         response = served.post(path, json=body)
         assert response.status_code in (404, 405), (path, response.text)
-    assert served.get("/v1/models/best:predict").status_code == 404
+    assert served.get("/v1/models/best:predict").status_code == 405  # POST only
     assert served.post("/v1/models/best/versions/:predict", json=body).status_code in (404, 405)
 
 

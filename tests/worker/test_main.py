@@ -4,6 +4,7 @@ record every batch, export, and end in the right state."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import math
 import sqlite3
@@ -21,7 +22,6 @@ from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
 from service.files import DiskFull
-from service.inference import model_path
 from service.migrate import upgrade
 from service.schemas import JobSpec, JobState
 from tests.conftest import SAMPLE, TINY_SPEC, make_settings
@@ -70,7 +70,12 @@ def test_a_job_runs_to_success_with_one_row_per_batch(
     assert job.test_accuracy > 0.6  # well above chance (0.1) after 2 epochs of 500 images
     assert np.mean([m.loss for m in metrics[-4:]]) < np.mean([m.loss for m in metrics[:4]])
     assert (job.steps_done, job.total_steps, job.epoch) == (2 * per_epoch, 2 * per_epoch, 2)
-    assert model_path(settings.models_dir, job_id).stat().st_size > 0
+    # The model is in the database, the one copy; the worker writes no model file.
+    with database.session() as session:
+        artifact = jobs.model_artifact(session=session, job_id=job_id)
+        assert len(artifact.content) > 0
+        assert artifact.sha256 == hashlib.sha256(artifact.content).hexdigest()
+    assert not (settings.data_dir / "models").exists()
     assert run_once(settings) is False  # the queue is empty now
 
 
@@ -152,7 +157,8 @@ def test_a_cancel_stops_the_running_job_at_a_batch_boundary(
     # The first write after the cancel (the first batch's) told the worker to stop, at the
     # end of the compiled call that batch was in.
     assert [m.step for m in metrics] == list(range(STEPS_PER_CALL))
-    assert not model_path(settings.models_dir, job_id).exists()
+    with database.session() as session:
+        assert jobs.model_artifact(session=session, job_id=job_id) is None
 
 
 def test_a_worker_shutting_down_checkpoints_and_the_job_resumes_cleanly_elsewhere(
@@ -330,27 +336,27 @@ def test_a_full_disk_hands_the_job_back_and_the_worker_waits_for_space(
         database.dispose()
 
 
-def test_no_room_for_the_model_file_hands_the_job_back_not_fails_it(
+def test_no_room_for_the_export_hands_the_job_back_not_fails_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path / "data", heartbeat_interval=0.2)
     upgrade(settings.sqlalchemy_url)
     database = Database(settings.sqlalchemy_url)
     job_id = submit(database, TINY_SPEC)
-    # The model file meets a full disk once (an injected ENOSPC: the data dir is not on a
+    # The conversion meets a full disk once (an injected ENOSPC: the data dir is not on a
     # small filesystem here; tests/e2e/test_full_disk.py fills a real one).
-    import worker.export
+    import tensorflow as tf
 
-    write = worker.export.write_atomically
+    convert = tf.lite.TFLiteConverter.convert
     failures = []
 
-    def no_room_once(path: Path, content: bytes) -> None:
+    def no_room_once(self) -> bytes:  # noqa: ANN001
         if not failures:
-            failures.append(path)
-            raise DiskFull(errno.ENOSPC, f"no space left to write {path.name}")
-        write(path, content)
+            failures.append(self)
+            raise DiskFull(errno.ENOSPC, "no space left for the conversion's files")
+        return convert(self)
 
-    monkeypatch.setattr(worker.export, "write_atomically", no_room_once)
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", no_room_once)
     running = Worker(settings)
     try:
         with caplog.at_level(logging.INFO, logger="tapefit.worker"):
@@ -361,7 +367,8 @@ def test_no_room_for_the_model_file_hands_the_job_back_not_fails_it(
         assert f"job {job_id}: the disk is full; handing the job back" in caplog.text
         assert caplog.text.count(": claimed") == 2 and failures
         assert [m.step for m in metrics] == list(range(job.total_steps))
-        assert model_path(settings.models_dir, job_id).exists()
+        with database.session() as session:
+            assert jobs.model_artifact(session=session, job_id=job_id) is not None
         assert list(running.scratch_dir.iterdir()) == []
         assert thread.is_alive()
     finally:

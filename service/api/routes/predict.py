@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State, UploadFile
@@ -165,13 +164,14 @@ def _response(probabilities: np.ndarray, seen: np.ndarray | None = None) -> Resp
     return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
 
-@router.get("/model", response_class=FileResponse,
+@router.get("/model", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}, **errors(404, 409)})
-def download_model(catalog: CatalogDep, job_id: str) -> FileResponse:
+def download_model(catalog: CatalogDep, job_id: str) -> Response:
     """The trained model as a .tflite file, for LiteRT or TensorFlow Lite."""
     model = catalog.resolve(job_id)
-    return FileResponse(
-        catalog.artifact(model),
+    return Response(
+        catalog.content(model),
         media_type="application/octet-stream",
-        filename=f"tapefit-job-{model.job_id}.tflite",
+        headers={"Content-Disposition":
+                 f'attachment; filename="tapefit-job-{model.job_id}.tflite"'},
     )
