@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Strict as StrictType
 
 # Bounds a job must stay within. They keep one job from exhausting a worker's memory
 # or running for days, and they are listed in the README.
@@ -29,6 +30,14 @@ class Strict(BaseModel):
     """Base for request bodies: unknown fields and NaN/Inf are refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# The numbers and switches of request bodies, strictly typed: JSON's `true` is not the
+# number 1 and `1.0` is not a whole number (pydantic's lax mode would take both). A float
+# still takes a whole number: 1 is a fine learning rate.
+Int = Annotated[int, StrictType()]
+Float = Annotated[float, StrictType()]
+Bool = Annotated[bool, StrictType()]
 
 
 class Activation(StrEnum):
@@ -68,7 +77,7 @@ FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelle
 
 
 class LayerSpec(Strict):
-    units: int = Field(ge=1, le=MAX_UNITS)
+    units: Int = Field(ge=1, le=MAX_UNITS)
     activation: Activation = Activation.relu
 
 
@@ -112,8 +121,8 @@ def parameter_count(layers: list[LayerSpec]) -> int:
 
 class OptimizerSpec(Strict):
     name: OptimizerName = OptimizerName.rmsprop
-    learning_rate: float = Field(default=0.001, gt=0, le=MAX_LEARNING_RATE)
-    momentum: float | None = Field(
+    learning_rate: Float = Field(default=0.001, gt=0, le=MAX_LEARNING_RATE)
+    momentum: Float | None = Field(
         default=None, ge=0, lt=1, description="Only for `momentum`; defaults to 0.9 there."
     )
 
@@ -131,8 +140,8 @@ class OptimizerSpec(Strict):
 
 class DatasetSpec(Strict):
     name: Literal["mnist"] = "mnist"
-    train_limit: int | None = Field(default=None, ge=1, le=60_000)
-    test_limit: int | None = Field(default=None, ge=1, le=10_000)
+    train_limit: Int | None = Field(default=None, ge=1, le=60_000)
+    test_limit: Int | None = Field(default=None, ge=1, le=10_000)
 
 
 class JobSpec(Strict):
@@ -140,11 +149,11 @@ class JobSpec(Strict):
 
     model: ModelSpec = Field(default_factory=ModelSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    epochs: int = Field(default=5, ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
+    epochs: Int = Field(default=5, ge=1, le=MAX_EPOCHS)
+    batch_size: Int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    shuffle: bool = Field(
+    seed: Int = Field(default=0, ge=0, le=2**31 - 1)
+    shuffle: Bool = Field(
         default=True,
         description="visit the training set in a new seeded order each epoch; false: in "
         "order, as the book's BatchGenerator does",
@@ -256,7 +265,7 @@ class EpochRead(BaseModel):
 
 
 # An instance is 784 pixel values in [0, 1], flat or as 28 rows of 28.
-Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Pixel = Annotated[Float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 FlatImage = Annotated[list[Pixel], Field(min_length=INPUT_SIZE, max_length=INPUT_SIZE)]
 Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
 GridImage = Annotated[list[Row], Field(min_length=28, max_length=28)]

@@ -64,14 +64,16 @@ def test_submit_watch_and_draw(browser: object, tmp_path: Path) -> None:
             form.get_by_role("button", name="Start training").click()
 
             page.wait_for_url("**/#/jobs/1")
+            # Functions, not bare expressions: the page's CSP forbids eval.
             page.wait_for_function(
-                "Number(document.querySelector('canvas.chart')?.dataset.points) > 0", timeout=90_000
+                "() => Number(document.querySelector('canvas.chart')?.dataset.points) > 0",
+                timeout=90_000,
             )
             shot(page, tmp_path, "job-live")
             page.wait_for_selector(".state-box .badge.succeeded", timeout=90_000)
             # 3 epochs of 50 batches: the whole curve, and the three epochs in the table.
             page.wait_for_function(
-                "Number(document.querySelector('canvas.chart')?.dataset.points) === 150"
+                "() => Number(document.querySelector('canvas.chart')?.dataset.points) === 150"
             )
             assert page.locator("table.epochs tbody tr").count() == 3
             # Epochs of this tiny job take hundredths of a second: shown, not rounded to 0.

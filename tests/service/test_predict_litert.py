@@ -182,6 +182,8 @@ def test_json_predictions_under_aliases(served: TestClient, trained: Trained) ->
         ).json()
     bad = served.post("/jobs/best/predict", json={"instances": [[2.0] * 784]})
     assert bad.status_code == 422 and bad.json()["message"].startswith("instances.0")
+    booleans = served.post("/jobs/best/predict", json={"instances": [[True] * 784]})
+    assert booleans.status_code == 422, booleans.text  # true is no pixel value
     nan = b'{"instances": [[NaN' + b", 0" * 783 + b"]]}"
     response = served.post(
         "/jobs/best/predict", content=nan, headers={"Content-Type": "application/json"}

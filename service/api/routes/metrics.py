@@ -18,7 +18,8 @@ router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"])
 def read_metrics(
     session: SessionDep,
     job_id: JobIdDep,
-    after_step: Annotated[int, Query(ge=-1, le=10**12)] = -1,
+    # Steps are 32-bit in the database; a larger cursor would be a 500 on PostgreSQL.
+    after_step: Annotated[int, Query(ge=-1, le=2**31 - 1)] = -1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
     max_points: Annotated[
         int | None,
