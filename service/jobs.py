@@ -132,7 +132,35 @@ def queue_position(*, session: Session, job: Job) -> int | None:
 
 
 def describe(job: Job) -> JobRead:
-    """The job as the API shows it."""
+    """The job as the API shows it (its queue position and live workers read when queued)."""
+    session = object_session(job)
+    if session is None or job.state != JobState.queued:
+        return _view(job)
+    return _view(job, position=queue_position(session=session, job=job),
+                 workers_alive=workers.count_alive(session=session))
+
+
+def describe_page(*, session: Session, jobs: Sequence[Job]) -> list[JobRead]:
+    """Jobs as the API shows them, in a constant number of queries however many are queued."""
+    queued = [job.id for job in jobs if job.state == JobState.queued]
+    if not queued:
+        return [_view(job) for job in jobs]
+    ranked = (
+        select(Job.id, func.row_number().over(order_by=Job.id).label("position"))
+        .where(Job.state == JobState.queued)
+        .subquery()
+    )
+    rows = session.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(queued)))
+    positions = {job_id: position for job_id, position in rows}
+    alive = workers.count_alive(session=session)
+    return [
+        _view(job, position=positions.get(job.id), workers_alive=alive)
+        if job.state == JobState.queued else _view(job)
+        for job in jobs
+    ]
+
+
+def _view(job: Job, *, position: int | None = None, workers_alive: int | None = None) -> JobRead:
     spec = JobSpec.model_validate(job.spec)
     total = job.total_steps
     if job.state == JobState.succeeded:
@@ -141,7 +169,6 @@ def describe(job: Job) -> JobRead:
         fraction = min(job.steps_done / total, 1.0) if total else 0.0
     running = job.state == JobState.running
     speed = job.steps_per_second if running else None
-    session = object_session(job)
     return JobRead(
         id=job.id,
         state=JobState(job.state),
@@ -162,21 +189,17 @@ def describe(job: Job) -> JobRead:
         cancel_requested=job.cancel_requested,
         samples_per_second=round(speed * spec.batch_size, 1) if speed else None,
         eta_seconds=round((total - job.steps_done) / speed, 1) if speed and total else None,
-        queue_position=queue_position(session=session, job=job) if session else None,
-        **_waiting_for_a_worker(session, job),
+        queue_position=position,
+        workers_alive=workers_alive,
+        # Without a live worker a queued job would only look slow to start.
+        note=NO_WORKER_NOTE if workers_alive == 0 else None,
     )
 
 
-def _waiting_for_a_worker(session: Session | None, job: Job) -> dict[str, object]:
-    """For a queued job, how many workers are alive to run it (one count query), and a note
-    when none is: otherwise it would look merely slow to start."""
-    if session is None or job.state != JobState.queued:
-        return {}
-    alive = workers.count_alive(session=session)
-    if alive:
-        return {"workers_alive": alive}
-    return {"workers_alive": 0, "note": "no worker is alive to run it: start one with "
-                                        "`tapefit worker` (or `tapefit serve --workers 1`)"}
+NO_WORKER_NOTE = (
+    "no worker is alive to run it: start one with `tapefit worker` (or `tapefit serve "
+    "--workers 1`)"
+)
 
 
 def model_artifact(*, session: Session, job_id: int) -> Artifact | None:

@@ -257,3 +257,38 @@ def test_numbers_past_what_the_database_holds_are_422_not_500(client: TestClient
     assert past_int32.status_code == 422, past_int32.text
     last = client.get(f"/jobs/{job_id}/metrics", params={"after_step": 2**31 - 1})
     assert last.status_code == 200 and last.json()["items"] == []
+
+
+def test_listing_jobs_takes_the_same_few_queries_for_5_jobs_or_50(
+    client: TestClient, database: Database
+) -> None:
+    """The dashboard polls GET /jobs every 1.5 s: its cost must not grow with the page."""
+    from sqlalchemy import event
+
+    engine = client.app.state.database.engine
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        statements.append(statement)
+
+    def queries_for(limit: int) -> int:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            page = client.get("/jobs", params={"limit": limit}).json()
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        assert len(page["items"]) == limit
+        return len(statements)
+
+    ids = [client.post("/jobs", json={"epochs": 1}).json()["id"] for _ in range(50)]
+    for job_id in ids[::3]:
+        client.post(f"/jobs/{job_id}/cancel")  # a mix of queued and finished jobs
+    few, many = queries_for(5), queries_for(50)
+    assert few == many <= 6, statements
+    # The batched positions are the ones each job's own view gives.
+    listed = {job["id"]: job for job in client.get("/jobs", params={"limit": 50}).json()["items"]}
+    for job_id in ids[1:6]:
+        one = client.get(f"/jobs/{job_id}").json()
+        assert listed[job_id]["queue_position"] == one["queue_position"]
+        assert listed[job_id]["workers_alive"] == one["workers_alive"]

@@ -53,7 +53,8 @@ def list_jobs(
     """Jobs, newest first, optionally only those in one state."""
     rows, total = jobs.list_jobs(session=session, state=state, limit=limit, offset=offset)
     return JobsRead(
-        items=[jobs.describe(job) for job in rows], total=total, limit=limit, offset=offset
+        items=jobs.describe_page(session=session, jobs=rows), total=total, limit=limit,
+        offset=offset,
     )
 
 
