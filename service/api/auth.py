@@ -13,8 +13,9 @@ import base64
 import binascii
 import hmac
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.errors import error_response
 
 # Probes that orchestrators call without credentials.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -37,9 +38,8 @@ class TokenAuth:
             return
         wants_page = b"text/html" in headers.get(b"accept", b"")
         challenge = 'Basic realm="tapefit"' if wants_page else 'Bearer realm="tapefit"'
-        response = JSONResponse(
-            {"detail": "missing or wrong token: send 'Authorization: Bearer <token>'"},
-            status_code=401,
+        response = error_response(
+            scope["path"], 401, "missing or wrong token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": challenge},
         )
         await response(scope, receive, send)

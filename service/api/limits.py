@@ -11,9 +11,9 @@ Routes may enforce tighter limits of their own (an image upload's 5 MB, say).
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import error_response
 from service.api.responses import is_protocol_path
 
 # What the routes read: JSON, image uploads, and the KServe binary tensor extension.
@@ -46,7 +46,7 @@ class RequestLimits:
                           "an image, application/octet-stream for binary tensors)")
             return
         if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
-            await _refuse(scope, receive, send, 413, self._message(), protocol=protocol)
+            await _refuse(scope, receive, send, 413, self._message())
             return
 
         received = 0
@@ -73,7 +73,7 @@ class RequestLimits:
         except _TooLarge:
             pass
         if too_large:
-            await _refuse(scope, receive, send, 413, self._message(), protocol=protocol)
+            await _refuse(scope, receive, send, 413, self._message())
 
     def _message(self) -> str:
         return f"the request body is over the limit of {self.max_bytes:,} bytes"
@@ -84,9 +84,5 @@ def _accepted(content_type: bytes) -> bool:
     return media_type in ACCEPTED_TYPES or media_type.endswith("+json")
 
 
-async def _refuse(
-    scope: Scope, receive: Receive, send: Send, status: int, message: str, *, protocol: bool = False
-) -> None:
-    # TF Serving and KServe clients read errors from "error"; the native API uses "detail".
-    body = {"error": message} if protocol else {"detail": message}
-    await JSONResponse(body, status_code=status)(scope, receive, send)
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    await error_response(scope["path"], status, message)(scope, receive, send)

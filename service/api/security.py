@@ -28,9 +28,9 @@ import re
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import error_response
 from service.api.responses import is_protocol_path
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -83,8 +83,7 @@ class BrowserSafety:
             refusal = cross_site(headers) or _form_where_json(path, headers)
             if refusal is not None:
                 status, message = refusal
-                body = {"error": message} if is_protocol_path(path) else {"detail": message}
-                await JSONResponse(body, status_code=status)(scope, receive, send)
+                await error_response(path, status, message)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -1,5 +1,5 @@
 """What the serving routes (native predict, TF Serving v1, KServe V2) share: the model
-catalog, raw bodies with a size limit, and the model servers' error format.
+catalog and raw bodies with a size limit (their errors are answered by service/api/errors.py).
 
 These dependencies are async and do no I/O, on purpose: FastAPI runs every sync dependency
 (and both ends of a sync generator one) in its thread pool, and each hop costs about 0.1 ms
@@ -10,16 +10,12 @@ route, where the lookup and the inference run.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi import Depends, Request
 
-from service.inference import BadInput, ModelUnavailable
-from service.serving import Catalog, ModelNotFound
+from service.inference import BadInput
+from service.serving import Catalog
 
 # 1,000 images of 784 pixels as JSON numbers fit well inside; anything larger is refused
 # before it is held in memory.
@@ -73,33 +69,3 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 CatalogDep = Annotated[Catalog, Depends(catalog)]
 BodyDep = Annotated[bytes, Depends(read_body)]
-
-
-def error(status_code: int, message: str) -> JSONResponse:
-    """A model server's error body."""
-    return JSONResponse({"error": message}, status_code=status_code)
-
-
-class ProtocolRoute(APIRoute):
-    """A route that answers errors as TF Serving and KServe do: 404 for an unknown model or
-    version and for one not trained yet (TF Serving's "servable not found": the status
-    endpoints tell it is loading), 400 for a bad request, 413 for a huge body."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (ModelNotFound, ModelUnavailable) as exc:
-                return error(404, str(exc))
-            except BadInput as exc:
-                return error(400, str(exc))
-            except BodyTooLarge as exc:
-                return error(413, str(exc))
-            except RequestValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-                where = ".".join(str(part) for part in first["loc"])
-                return error(400, f"{where}: {first['msg']}")
-
-        return route

@@ -255,8 +255,8 @@ def test_a_method_the_protocol_lacks_is_405_in_its_error_shape(served: TestClien
     assert response.json() == {"error": "Method Not Allowed: DELETE /v2/models/best"}
     assert "GET" in response.headers["Allow"]
     assert served.post("/v2").json() == {"error": "Method Not Allowed: POST /v2"}
-    # Outside the protocols' prefixes, FastAPI's own shape stays.
-    assert served.get("/nothing").json() == {"detail": "Not Found"}
+    # Outside the protocols' prefixes, the native shape: a detail and a message.
+    assert served.get("/nothing").json() == {"detail": "Not Found", "message": "Not Found"}
 
 
 def test_an_unfinished_job_is_not_ready(client: TestClient, database: Database) -> None:

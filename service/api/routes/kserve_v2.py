@@ -10,13 +10,12 @@ from fastapi import APIRouter, Header, Request, Response
 from service import open_inference
 from service.api.deps import Name, Version
 from service.api.responses import protocol_errors
-from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute
+from service.api.serving_deps import BodyDep, CatalogDep
 from service.serving import Catalog
 
 router = APIRouter(
     prefix="/v2",
     tags=["kserve v2"],
-    route_class=ProtocolRoute,
     responses=protocol_errors(400, 404, 413),
 )
 

@@ -16,8 +16,9 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from service import tfserving
 from service.api.deps import Name, Version
+from service.api.errors import error_response
 from service.api.responses import protocol_errors
-from service.api.serving_deps import BodyDep, CatalogDep, ProtocolRoute, error
+from service.api.serving_deps import BodyDep, CatalogDep
 from service.serving import Catalog
 
 
@@ -32,7 +33,6 @@ register_url_convertor("segment", _Segment())
 router = APIRouter(
     prefix="/v1/models",
     tags=["tensorflow serving"],
-    route_class=ProtocolRoute,
     # 405: a name with a colon in it is no model's name, but it may be a verb's path.
     responses=protocol_errors(400, 404, 405, 413),
 )
@@ -89,5 +89,6 @@ def _predict(catalog: Catalog, body: bytes, *, name: str, version: str | None) -
 def other_verb(name: str, verb: str, version: str | None = None) -> JSONResponse:
     """TF Serving's other verbs: this model has only the predict signature."""
     if verb in ("classify", "regress"):
-        return error(400, f"model '{name}' has no {verb} signature; it serves :predict")
-    return error(404, f"Malformed request: POST /v1/models/{name}:{verb}")
+        return error_response(router.prefix, 400,
+                              f"model '{name}' has no {verb} signature; it serves :predict")
+    return error_response(router.prefix, 404, f"Malformed request: POST /v1/models/{name}:{verb}")
