@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.service import bench_service
     from benchmarks.serving import bench_serving
+    from benchmarks.streams import bench_streams
     from benchmarks.training import bench_training
     from worker.data import DataError, load_mnist
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as folder:
             service = bench_service(args.mnist, Path(folder))
             serving = bench_serving(data_dir=Path(folder), model=str(service.trained_job))
+        with tempfile.TemporaryDirectory() as folder:
+            streams = bench_streams(args.mnist, Path(folder))
         rows += [
             _row("POST /jobs → first loss row, idle warm worker",
                  f"{service.first_row_warm_s * 1000:.0f} ms", "< 1 s",
@@ -88,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             _row("HTTP predict / bare endpoint, requests per second",
                  f"{serving.predict_vs_bare:.2f} ({serving.requests_per_s})", "≥ 0.60",
                  serving.predict_vs_bare >= 0.6),
+            _row(f"{streams.streams} event streams × {streams.seconds:.0f} s on a training job: "
+                 "first event, max (p50)",
+                 f"{streams.first_event_max_s:.2f} s ({streams.first_event_p50_s:.2f} s), "
+                 f"{streams.refused} refused, {streams.failed} failed",
+                 "< 5 s", streams.first_event_max_s < 5 and not streams.failed),
+            _row(f"GET /jobs while they run, p50 / p99 ({streams.list_requests} req)",
+                 f"{streams.list_p50_ms:.0f} / {streams.list_p99_ms:.0f} ms", "p99 < 500 ms",
+                 streams.list_p99_ms < 500),
+            _row("API memory with them (peak)", f"{streams.api_peak_rss_mb:.0f} MB", "< 600 MB",
+                 streams.api_peak_rss_mb < 600),
         ]
     print("| figure | measured | target | met |\n|---|---|---|---|")
     print("\n".join(rows))

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         default=8, ge=1, le=1_000, description="Trained models the API keeps loaded."
     )
+    max_streams: int = Field(
+        default=500, ge=1, le=100_000,
+        description="Event streams (GET /jobs/{id}/events) open at once; past it 503.",
+    )
     header_timeout: float = Field(
         default=10.0, gt=0, le=300,
         description="Seconds a client has to send a request's line and headers (from "

@@ -1,4 +1,5 @@
-"""A job's training as a resumable stream of Server-Sent Events.
+"""A job's training as a resumable stream of Server-Sent Events: what the events are, how a
+read of the database becomes them, and how one client's position in them advances.
 
 Event types, in the order a client meets them:
 
@@ -15,34 +16,38 @@ that ends at step N. A client that reconnects with that id as Last-Event-ID gets
 comes after it: no batch or epoch twice, none missed. `state` and `progress` events carry no
 id (they are snapshots): a reconnecting client gets the current state once.
 
-The stream polls the database with a fresh, short read session each time, in a thread; it
-never holds a transaction between polls and never blocks the event loop.
+Cursors are ordered as the events are: every batch and epoch event has a cursor (its id), and
+the events after a cursor are those whose cursor is greater. So a read of the rows after one
+cursor (an `Update`) can serve any client whose cursor is at or past that one: it takes the
+events past its own (`Follower.apply`). service/event_hub.py builds the live streams on that.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
+from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import jobs
 from service.db import Database
 from service.models import EpochSummary, Metric
-from service.schemas import EpochRead, JobRead, MetricRead
+from service.schemas import EpochRead, JobRead, JobState, MetricRead
 
 BATCH, EPOCH, STATE, PROGRESS = "batch", "epoch", "state", "progress"
 
 POLL_INTERVAL_S = 0.3
 HEARTBEAT_INTERVAL_S = 15.0
-# Rows per poll: a long backlog goes out in pages, without waiting between them.
-PAGE_ROWS = 2_000
+# Rows per read: a long backlog goes out in pages of this many, without waiting between
+# them; small enough that many clients catching up at once hold little memory each.
+PAGE_ROWS = 500
 # How long a client that lost the stream waits before reconnecting (the SSE `retry:` field).
 RETRY_MS = 2_000
 
@@ -50,12 +55,14 @@ RETRY_MS = 2_000
 # empty means from the start.
 CURSOR_PATTERN = r"^\s*((-1|\d{1,18})e?)?\s*$"
 _CURSOR = re.compile(r"(-1|\d{1,18})(e?)")
+MAX_STEP = 2**31 - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Cursor:
     """How far a client has read: every batch up to `step`, and the epoch ending there when
-    `epoch_seen`. Its text form is the event id."""
+    `epoch_seen`. Its text form is the event id. Ordered as the events are: the epoch ending
+    at step N comes after batch N and before batch N + 1."""
 
     step: int = -1
     epoch_seen: bool = False
@@ -76,17 +83,28 @@ def parse_cursor(value: str | None) -> Cursor:
             "optionally followed by 'e' (e.g. 41 or 41e)"
         )
     step, epoch = match.groups()
-    return Cursor(int(step), epoch == "e" and step != "-1")
+    # Steps are 32-bit in the database (PostgreSQL refuses a larger bound): a cursor past any
+    # step there can be is the same as one at the last.
+    return Cursor(min(int(step), MAX_STEP), epoch == "e" and step != "-1")
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One poll: the job, and the history after a cursor (at most one page of batches)."""
+    """One read: the job, and the history after a cursor (at most one page of batches)."""
 
     job: JobRead
     batches: Sequence[MetricRead]
     epochs: Sequence[tuple[int, EpochRead]]  # (its last step, its figures), in order
     more: bool  # the page was full: more batches are waiting
+    run: int  # the job's lease epoch: a new run (a resumed job) may rewrite rows
+
+
+_METRIC_COLUMNS = (Metric.step, Metric.epoch, Metric.batch, Metric.loss, Metric.accuracy,
+                   Metric.time)
+_METRIC_FIELDS = tuple(column.key for column in _METRIC_COLUMNS)
+# Plain rows validated as one list: several times cheaper than ORM objects one by one, which
+# matters when many clients read their backlog at once.
+_METRICS = TypeAdapter(list[MetricRead])
 
 
 def read_events(*, session: Session, job_id: int, cursor: Cursor, limit: int) -> Snapshot:
@@ -98,13 +116,15 @@ def read_events(*, session: Session, job_id: int, cursor: Cursor, limit: int) ->
     """
     job = jobs.get_job(session=session, job_id=job_id)
     view = jobs.describe(job)
-    rows = session.scalars(
-        select(Metric)
+    rows = session.execute(
+        select(*_METRIC_COLUMNS)
         .where(Metric.job_id == job_id, Metric.step > cursor.step)
         .order_by(Metric.step)
         .limit(limit + 1)
     ).all()
-    batches = [MetricRead.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    batches = _METRICS.validate_python(
+        [dict(zip(_METRIC_FIELDS, row, strict=True)) for row in rows[:limit]]
+    )
     upto = batches[-1].step if batches else cursor.step
     per_epoch = _batches_per_epoch(view)
     epochs: list[tuple[int, EpochRead]] = []
@@ -127,7 +147,8 @@ def read_events(*, session: Session, job_id: int, cursor: Cursor, limit: int) ->
             ((row.epoch + 1) * per_epoch - 1, EpochRead.model_validate(row, from_attributes=True))
             for row in summaries
         ]
-    return Snapshot(job=view, batches=batches, epochs=epochs, more=len(rows) > limit)
+    return Snapshot(job=view, batches=batches, epochs=epochs, more=len(rows) > limit,
+                    run=job.lease_epoch)
 
 
 def _batches_per_epoch(job: JobRead) -> int | None:
@@ -148,9 +169,66 @@ def format_event(event: str, data: str, event_id: str | None = None) -> str:
     return f"{head}data: {data}\n\n"
 
 
-def _history(snapshot: Snapshot, cursor: Cursor) -> tuple[list[str], Cursor]:
-    """The batch and epoch messages of a snapshot, in step order, and the cursor after them."""
-    out: list[str] = []
+@dataclass(frozen=True)
+class Update:
+    """One read, ready to send: the job as it was, and the batch and epoch messages after
+    `start` in order, each with its cursor. Shared by every client it is handed to, so each
+    message is rendered once however many clients get it."""
+
+    start: Cursor
+    end: Cursor  # the last message's cursor; `start` when there is none
+    job: JobRead
+    items: tuple[tuple[Cursor, str], ...]
+    more: bool  # a full page: more rows are waiting after `end`
+    read_at: float  # time.monotonic() as the read began: orders the job views of reads
+    run: int  # the job's lease epoch when read
+
+    @cached_property
+    def messages(self) -> str:
+        """Every batch and epoch message, as one text."""
+        return "".join(message for _, message in self.items)
+
+    @cached_property
+    def state_event(self) -> str:
+        return format_event(STATE, self.job.model_dump_json())
+
+    @cached_property
+    def progress_event(self) -> str:
+        job = self.job
+        data = {
+            **job.progress.model_dump(),
+            "loss": job.loss,
+            "samples_per_second": job.samples_per_second,
+            "eta_seconds": job.eta_seconds,
+        }
+        return format_event(PROGRESS, json.dumps(data, separators=(",", ":")))
+
+
+def read_update(
+    database: Database, *, job_id: int, cursor: Cursor, limit: int = PAGE_ROWS
+) -> Update:
+    """`load` after `cursor`, rendered (blocking: run it in a thread)."""
+    read_at = time.monotonic()
+    snapshot = load(database, job_id=job_id, cursor=cursor, limit=limit)
+    items, end = _history(snapshot, cursor)
+    return Update(start=cursor, end=end, job=snapshot.job, items=tuple(items),
+                  more=snapshot.more, read_at=read_at, run=snapshot.run)
+
+
+def read_job(database: Database, *, job_id: int, cursor: Cursor) -> Update:
+    """The job alone, as an Update with its history still to read (JobNotFound if unknown)."""
+    read_at = time.monotonic()
+    with database.session() as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        view, run = jobs.describe(job), job.lease_epoch
+    return Update(start=cursor, end=cursor, job=view, items=(), more=True, read_at=read_at,
+                  run=run)
+
+
+def _history(snapshot: Snapshot, cursor: Cursor) -> tuple[list[tuple[Cursor, str]], Cursor]:
+    """The batch and epoch messages of a snapshot, in step order with their cursors, and the
+    cursor after them."""
+    out: list[tuple[Cursor, str]] = []
     pending = list(snapshot.epochs)
 
     def epochs_through(step: int) -> None:
@@ -158,66 +236,60 @@ def _history(snapshot: Snapshot, cursor: Cursor) -> tuple[list[str], Cursor]:
         while pending and pending[0][0] <= step:
             last_step, summary = pending.pop(0)
             cursor = Cursor(last_step, epoch_seen=True)
-            out.append(format_event(EPOCH, summary.model_dump_json(), cursor.id))
+            out.append((cursor, format_event(EPOCH, summary.model_dump_json(), cursor.id)))
 
     epochs_through(cursor.step)  # the epoch ending at the client's step, if it lacks it
     for batch in snapshot.batches:
         cursor = Cursor(batch.step)
-        out.append(format_event(BATCH, batch.model_dump_json(), cursor.id))
+        out.append((cursor, format_event(BATCH, batch.model_dump_json(), cursor.id)))
         epochs_through(batch.step)
     return out, cursor
 
 
-def _progress(job: JobRead) -> str:
-    data = {
-        **job.progress.model_dump(),
-        "loss": job.loss,
-        "samples_per_second": job.samples_per_second,
-        "eta_seconds": job.eta_seconds,
-    }
-    return format_event(PROGRESS, json.dumps(data, separators=(",", ":")))
+class Follower:
+    """One client's place in a job's events: its cursor and the snapshots it was last sent.
 
+    `apply` takes an Update whose `start` is at or before the cursor (an Update that starts
+    past it would skip events: the caller reads from the cursor instead) and returns what to
+    send: the state if it changed, the messages past the cursor, a progress snapshot after
+    new batches, and the final state once the job has ended and every row was sent.
+    """
 
-async def stream(
-    database: Database,
-    *,
-    job_id: int,
-    cursor: Cursor,
-    first: Snapshot,
-    poll_interval: float = POLL_INTERVAL_S,
-    heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
-    limit: int = PAGE_ROWS,
-) -> AsyncIterator[str]:
-    """The job's events after `cursor`, starting from the snapshot `first`, until the job
-    reaches a final state; a comment line whenever nothing was sent for a heartbeat."""
-    yield f"retry: {RETRY_MS}\n\n"
-    snapshot, state_sent, progress_sent = first, None, None
-    last_sent = time.monotonic()
-    while True:
-        job, out = snapshot.job, []
-        state = (job.state, job.cancel_requested)
-        final = job.state.is_final and not snapshot.more
-        if state != state_sent and not job.state.is_final:
-            out.append(format_event(STATE, job.model_dump_json()))
-            state_sent = state
-        history, cursor = _history(snapshot, cursor)
-        out += history
-        progress = (job.progress.step, job.progress.total_steps)
-        if history and job.state == "running" and progress != progress_sent:
-            out.append(_progress(job))
-            progress_sent = progress
+    def __init__(self, cursor: Cursor) -> None:
+        self.cursor = cursor
+        self._state: tuple[JobState, bool] | None = None
+        self._progress: tuple[int, int | None] | None = None
+        self._read_at = -math.inf
+
+    def apply(self, update: Update) -> tuple[str, bool]:
+        """The text to send for `update`, and whether the stream ends after it."""
+        job = update.job
+        # Reads overlap (a client's own and its job's hub's), so an update can carry an older
+        # view of the job than one already applied: its rows still count, its state must not
+        # undo a newer one. A final state is never old: nothing leaves it.
+        fresh = update.read_at >= self._read_at or job.state.is_final
+        out: list[str] = []
+        if fresh:
+            self._read_at = update.read_at
+            state = (job.state, job.cancel_requested)
+            if state != self._state and not job.state.is_final:
+                out.append(update.state_event)
+                self._state = state
+        sent = False
+        if update.start == self.cursor and update.items:  # the usual case: it wants them all
+            out.append(update.messages)
+            self.cursor, sent = update.end, True
+        else:
+            for cursor, message in update.items:
+                if cursor > self.cursor:
+                    out.append(message)
+                    self.cursor, sent = cursor, True
+        if fresh and sent and job.state == JobState.running:
+            progress = (job.progress.step, job.progress.total_steps)
+            if progress != self._progress:
+                out.append(update.progress_event)
+                self._progress = progress
+        final = fresh and job.state.is_final and not update.more
         if final:
-            out.append(format_event(STATE, job.model_dump_json()))
-        if out:
-            yield "".join(out)
-            last_sent = time.monotonic()
-        if final:
-            return
-        if not snapshot.more:
-            await asyncio.sleep(poll_interval)
-            if time.monotonic() - last_sent >= heartbeat_interval:
-                yield ": keep-alive\n\n"
-                last_sent = time.monotonic()
-        snapshot = await asyncio.to_thread(
-            load, database, job_id=job_id, cursor=cursor, limit=limit
-        )
+            out.append(update.state_event)
+        return "".join(out), final

@@ -18,6 +18,7 @@ from service.api.routes import events, jobs, kserve_v2, metrics, predict, tfserv
 from service.api.security import BrowserSafety
 from service.config import Settings, get_settings
 from service.db import Database
+from service.event_hub import EventHubs
 from service.inference import ModelStore
 from service.schemas import Readiness
 from service.serving import Catalog
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await app.state.event_hubs.close()
         app.state.database.dispose()
 
     app = FastAPI(
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database=app.state.database,
         store=ModelStore(settings.models_dir, settings.model_cache_size),
     )
+    app.state.event_hubs = EventHubs(app.state.database, max_streams=settings.max_streams)
 
     for router in ROUTERS:
         app.include_router(router)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -17,12 +17,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service import events, jobs, leases, sweeper
+from service import event_hub, events, jobs, leases, sweeper
 from service.api.app import create_app
 from service.client import Event, parse_sse
 from service.config import Settings
 from service.db import Database
-from service.schemas import EpochRead, JobSpec
+from service.event_hub import EventHubs
+from service.schemas import EpochRead, JobRead, JobSpec, JobState
 
 EPOCHS, BATCHES = 3, 4  # 12 steps; epoch e ends at step 4e + 3
 STEPS = EPOCHS * BATCHES
@@ -356,11 +357,21 @@ def test_an_unknown_job_is_404_and_a_bad_event_id_is_422(
     assert response.status_code == 422
 
 
+def test_an_id_past_any_step_sends_the_state_alone(
+    server: httpx.Client, database: Database
+) -> None:
+    # Steps are 32-bit in the database; PostgreSQL refuses a larger bound in the query.
+    worker = FakeWorker(database)
+    worker.run()
+    seen, ended = read_stream(server, worker.job_id, "99999999999")
+    assert ended and [(e.type, e.data["state"]) for e in seen] == [("state", "succeeded")]
+
+
 @pytest.mark.parametrize(
     ("text", "cursor"),
     [(None, events.Cursor()), ("", events.Cursor()), ("-1", events.Cursor()),
      ("0", events.Cursor(0)), ("41", events.Cursor(41)), ("41e", events.Cursor(41, True)),
-     (" 7 ", events.Cursor(7))],
+     (" 7 ", events.Cursor(7)), ("99999999999e", events.Cursor(2**31 - 1, True))],
 )
 def test_cursor_parsing(text: str | None, cursor: events.Cursor) -> None:
     assert events.parse_cursor(text) == cursor
@@ -378,9 +389,9 @@ def test_heartbeats_while_nothing_happens(database: Database) -> None:
     worker = FakeWorker(database)
 
     async def collect() -> list[str]:
-        first = events.load(database, job_id=worker.job_id, cursor=events.Cursor())
-        stream = events.stream(database, job_id=worker.job_id, cursor=events.Cursor(),
-                               first=first, poll_interval=0.02, heartbeat_interval=0.1)
+        hubs = EventHubs(database, max_streams=10, poll_interval=0.02, heartbeat_interval=0.1)
+        first = await hubs.opening(job_id=worker.job_id, cursor=events.Cursor())
+        stream = hubs.stream(job_id=worker.job_id, first=first)
         chunks = []
         deadline = time.monotonic() + 0.5
         async for chunk in stream:
@@ -388,6 +399,7 @@ def test_heartbeats_while_nothing_happens(database: Database) -> None:
             if time.monotonic() > deadline:
                 break
         await stream.aclose()
+        await hubs.close()
         return chunks
 
     chunks = asyncio.run(collect())
@@ -403,11 +415,251 @@ def test_a_long_backlog_goes_out_in_pages(database: Database) -> None:
     assert [b.step for b in snapshot.batches] == [0, 1, 2, 3, 4] and snapshot.more
     assert [e.epoch for _, e in snapshot.epochs] == [0]  # epoch 1 ends after this page
 
-    async def collect() -> str:
-        stream = events.stream(database, job_id=worker.job_id, cursor=events.Cursor(),
-                               first=snapshot, limit=5, poll_interval=600)
-        return "".join([chunk async for chunk in stream])
+    async def collect() -> tuple[str, dict[str, int]]:
+        hubs = EventHubs(database, max_streams=10, page_rows=5, poll_interval=600)
+        first = await hubs.opening(job_id=worker.job_id, cursor=events.Cursor())
+        text = "".join([chunk async for chunk in hubs.stream(job_id=worker.job_id, first=first)])
+        await hubs.close()
+        return text, hubs.stats
 
     # Any wait of a poll interval between pages would blow far past this.
-    text = asyncio.run(asyncio.wait_for(collect(), timeout=30))
+    text, stats = asyncio.run(asyncio.wait_for(collect(), timeout=30))
     assert history(list(parse_sse(text.splitlines(keepends=True)))) == FULL
+    # Pages of 5 rows: 12 rows are 3 reads; a finished job has no live part, so no hub.
+    assert stats["reads"] == 3 and stats["hubs"] == 0
+
+
+def watch_in_thread(
+    base_url: httpx.URL, job_id: int, seen: list[Event], last_event_id: str = ""
+) -> threading.Thread:
+    """A thread reading one stream of `job_id` into `seen` until the server ends it."""
+
+    def watch() -> None:
+        headers = {"Last-Event-ID": last_event_id}
+        with httpx.Client(base_url=base_url, timeout=30) as own:
+            with own.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+                assert response.status_code == 200
+                for event in parse_sse(response.iter_lines()):
+                    seen.append(event)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Pace a test by what the streams received (the deadline only stops a hung test)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def test_many_streams_share_one_poller_per_job(
+    server: httpx.Client, database: Database, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve streams follow a running job, two more join it half-way with their own
+    Last-Event-ID: its rows are read by one poller, not by each stream, every stream gets
+    every event after its id once, and all reads run in the streams' own pool."""
+    worker = FakeWorker(database)
+    worker.claim()
+    hubs: EventHubs = app.state.event_hubs
+    threads: list[str] = []
+    original_load = events.load
+
+    def counted_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        threads.append(threading.current_thread().name)
+        return original_load(*args, **kwargs)
+
+    monkeypatch.setattr(events, "load", counted_load)
+    streams: list[list[Event]] = [[] for _ in range(12)]
+    late: dict[str, list[Event]] = {"3": [], "5": []}
+    watchers = [watch_in_thread(server.base_url, worker.job_id, seen) for seen in streams]
+
+    def every_stream_has(kind: str, number: int) -> bool:
+        # A stream that resumed after step 5 never gets step 5: it has it already.
+        return all(
+            any(e.type == kind and e.data["epoch" if kind == "epoch" else "step"] == number
+                for e in seen)
+            or (seen is late["5"] and kind == "batch" and number <= 5)
+            for seen in streams
+        )
+
+    try:
+        wait_until(lambda: all(seen and seen[0].type == "state" for seen in streams),
+                   "every stream got its first event")
+        # The job writes its next group only once every stream has the one before.
+        for epoch in range(EPOCHS):
+            for first in range(epoch * BATCHES, (epoch + 1) * BATCHES, 2):
+                worker.rows(first, first + 1)
+                wait_until(lambda last=first + 1: every_stream_has("batch", last),
+                           f"every stream got step {first + 1}")
+            worker.epoch(epoch)
+            wait_until(lambda e=epoch: every_stream_has("epoch", e), f"epoch {epoch}")
+            if epoch == 0:  # late streams: one lacks epoch 0 ("3", not "3e"), one has step 5
+                watchers += [watch_in_thread(server.base_url, worker.job_id, seen, last_id)
+                             for last_id, seen in late.items()]
+                wait_until(lambda: all(late.values()), "the late streams are open")
+                streams += late.values()
+        reads_while_live = hubs.stats["reads"]
+        worker.finish()
+    finally:
+        for thread in watchers:
+            thread.join(timeout=30)
+    assert [history(seen) for seen in streams] == [FULL] * 12 + [FULL[4:], FULL[7:]]
+    assert history(late["3"])[0] == ("epoch", 0)
+    assert all(seen[-1].data["state"] == "succeeded" for seen in streams)
+    # One hub for the job, polling for all fourteen. Each stream read its backlog once
+    # (twice if the hub's first poll raced that read), then only followed the hub.
+    assert hubs.stats["hubs"] == 1
+    assert hubs.stats["reads"] <= 2 * 14 and hubs.stats["reads"] == reads_while_live
+    assert len(threads) == hubs.stats["polls"] + hubs.stats["reads"]
+    assert set(threads) and all(name.startswith("tapefit-events") for name in threads)
+    wait_until(lambda: hubs.running_hubs == 0 and hubs.open_streams == 0,
+               "the hub stopped and every slot was freed")
+
+
+def test_a_slow_stream_falls_back_to_reading_and_loses_nothing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that stops reading is let go by the hub once its queue is full (so the hub
+    holds nothing for it), and then reads from its own cursor: every event still comes once."""
+    monkeypatch.setattr(event_hub, "QUEUE_UPDATES", 2)
+    worker = FakeWorker(database)
+    worker.claim()
+
+    async def scenario() -> tuple[str, dict[str, int], int]:
+        hubs = EventHubs(database, max_streams=10, poll_interval=0.01)
+        fast, slow = [
+            hubs.stream(job_id=worker.job_id,
+                        first=await hubs.opening(job_id=worker.job_id, cursor=events.Cursor()))
+            for _ in range(2)
+        ]
+        fast_text = ""
+
+        async def fast_reaches(marker: str) -> None:
+            nonlocal fast_text
+            while marker not in fast_text:
+                fast_text += await anext(fast)
+
+        slow_text = await anext(slow) + await anext(slow)  # retry:, then the state
+        # Its next chunk: it catches up, subscribes, and gets the first live group.
+        slow_next = asyncio.create_task(anext(slow))
+        await fast_reaches("event: state")
+        for epoch in range(EPOCHS):  # each group reaches the hub, then the fast stream
+            for first in range(epoch * BATCHES, (epoch + 1) * BATCHES, 2):
+                await asyncio.to_thread(worker.rows, first, first + 1)
+                await fast_reaches(f"id: {first + 1}\n")
+                if first == 0:
+                    slow_text += await slow_next  # then it stops reading for a while
+            await asyncio.to_thread(worker.epoch, epoch)
+            await fast_reaches(f"id: {(epoch + 1) * BATCHES - 1}e\n")
+        drops = hubs.stats["drops"]
+        await asyncio.to_thread(worker.finish)
+        slow_text += "".join([chunk async for chunk in slow])
+        fast_text += "".join([chunk async for chunk in fast])
+        await hubs.close()
+        return slow_text, hubs.stats, drops
+
+    slow_text, stats, drops = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+    assert drops == 1  # the slow one, once: its queue of 2 could not take the third group
+    slow = list(parse_sse(slow_text.splitlines(keepends=True)))
+    assert history(slow) == FULL
+    assert slow[-1].type == "state" and slow[-1].data["state"] == "succeeded"
+    assert stats["hubs"] == 1
+
+
+def test_past_the_stream_limit_is_503_naming_the_setting(
+    settings: Settings, database: Database
+) -> None:
+    app = create_app(settings.model_copy(update={"max_streams": 2}))
+    hubs: EventHubs = app.state.event_hubs
+    worker = FakeWorker(database)
+    with live_server(app) as server:
+        kept: list[Event] = []
+        watcher = watch_in_thread(server.base_url, worker.job_id, kept)
+        with server.stream("GET", f"/jobs/{worker.job_id}/events") as leaving:
+            lines = leaving.iter_lines()  # kept: a dropped iterator closes the connection
+            next(lines)
+            wait_until(lambda: bool(kept), "the other stream is open")
+            response = server.get(f"/jobs/{worker.job_id}/events")
+            assert response.status_code == 503
+            assert response.headers["Retry-After"].isdigit()
+            detail = response.json()["detail"]
+            assert "2 event streams are open" in detail and "TAPEFIT_MAX_STREAMS" in detail
+        # A client that hangs up frees its slot: the next stream is let in.
+        wait_until(lambda: hubs.open_streams == 1, "the slot of the client that left is free")
+        assert server.get("/jobs/999/events").status_code == 404
+        assert hubs.open_streams == 1  # a refused stream holds no slot
+        with server.stream("GET", f"/jobs/{worker.job_id}/events") as response:
+            assert response.status_code == 200
+        # A job that ends frees its streams' slots, and its hub stops.
+        worker.claim()
+        worker.finish()
+        watcher.join(timeout=30)
+        assert kept[-1].data["state"] == "succeeded"
+        wait_until(lambda: hubs.open_streams == 0 and hubs.running_hubs == 0,
+                   "every slot is free and no hub runs")
+
+
+def test_streams_catching_up_together_read_each_full_page_once(database: Database) -> None:
+    """Ten streams read a finished job's backlog at once, in pages of 5 of its 12 rows: the
+    two full pages are read once for all of them, only the last (partial) page per stream."""
+    worker = FakeWorker(database)
+    worker.run()
+
+    async def collect() -> tuple[list[str], dict[str, int]]:
+        hubs = EventHubs(database, max_streams=10, page_rows=5)
+
+        async def one() -> str:
+            first = await hubs.opening(job_id=worker.job_id, cursor=events.Cursor())
+            return "".join([chunk async for chunk in hubs.stream(job_id=worker.job_id,
+                                                                 first=first)])
+
+        texts = await asyncio.gather(*(one() for _ in range(10)))
+        await hubs.close()
+        return texts, hubs.stats
+
+    texts, stats = asyncio.run(asyncio.wait_for(collect(), timeout=30))
+    for text in texts:
+        assert history(list(parse_sse(text.splitlines(keepends=True)))) == FULL
+    assert stats["reads"] <= 2 + 10  # not 3 pages x 10 streams
+    assert stats["reads"] + stats["shared"] == 3 * 10
+
+
+def test_a_follower_takes_only_what_is_past_its_cursor() -> None:
+    """An Update read from an earlier cursor than a client's (the hub's, or its own older
+    read) gives it the events past its cursor only, and an older view of the job than one it
+    has sent never moves its state back."""
+    job = JobRead.model_validate(
+        {"id": 1, "state": "running", "spec": JobSpec(epochs=EPOCHS).model_dump(),
+         "created_at": "2024-01-01T00:00:00Z", "started_at": None, "finished_at": None,
+         "loss": None, "test_accuracy": None, "error": None,
+         "progress": {"epoch": 0, "epochs": EPOCHS, "step": 6, "total_steps": STEPS,
+                      "fraction": 0.5}, "cancel_requested": False}
+    )
+    queued = job.model_copy(update={"state": JobState.queued})
+
+    def update(start: events.Cursor, steps: range, view: JobRead, read_at: float) -> events.Update:
+        items = [(events.Cursor(s), f"batch {s}\n") for s in steps]
+        if 3 in steps:  # epoch 0 ends at step 3
+            items.insert(items.index((events.Cursor(3), "batch 3\n")) + 1,
+                         (events.Cursor(3, True), "epoch 0\n"))
+        end = items[-1][0] if items else start
+        return events.Update(start=start, end=end, job=view, items=tuple(items), more=False,
+                             read_at=read_at, run=1)
+
+    follower = events.Follower(events.Cursor(3))  # has batch 3, lacks epoch 0
+    first = update(events.Cursor(1), range(2, 6), job, read_at=2.0)
+    text, final = follower.apply(first)
+    assert not final
+    assert text == (first.state_event + "epoch 0\nbatch 4\nbatch 5\n" + first.progress_event)
+    assert follower.cursor == events.Cursor(5)
+    # An older read that shows the job queued: its rows past the cursor count, its state not.
+    text, _ = follower.apply(update(events.Cursor(5), range(6, 7), queued, read_at=1.0))
+    assert text == "batch 6\n"
+    # Nothing past the cursor, nothing new: nothing to send.
+    assert follower.apply(update(events.Cursor(2), range(3, 6), job, read_at=3.0)) == ("", False)
+    done = job.model_copy(update={"state": JobState.succeeded})
+    text, final = follower.apply(update(events.Cursor(6), range(7, 8), done, read_at=0.5))
+    assert final and text.startswith("batch 7\n") and '"state":"succeeded"' in text

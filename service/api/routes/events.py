@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from service import events
 from service.api.deps import JobIdDep
-from service.api.responses import errors
-from service.db import Database
+from service.api.responses import ErrorRead, errors
+from service.event_hub import RETRY_AFTER_S, EventHubs, StreamsFull
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"])
 
 _STREAM = {
     200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
     **errors(404),
+    503: {
+        "model": ErrorRead,
+        "description": "As many streams are open as TAPEFIT_MAX_STREAMS allows (or the "
+        "database is busy); retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                    "description": "seconds to wait"}},
+    },
 }
+
+
+class EventStreamResponse(StreamingResponse):
+    """A StreamingResponse that closes its stream and frees its slot however it ends: the
+    job ended, the client left, or the response never started."""
+
+    def __init__(self, stream: AsyncGenerator[str, None], *, on_close: Callable[[], None]) -> None:
+        super().__init__(
+            stream,
+            media_type="text/event-stream",
+            # No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._stream, self._on_close = stream, on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._stream.aclose()
+            finally:
+                self._on_close()
 
 
 @router.get("/events", response_class=StreamingResponse, responses=_STREAM)
@@ -44,7 +75,8 @@ async def job_events(
     ] = "",
 ) -> StreamingResponse:
     """Server-Sent Events: the backlog after Last-Event-ID, then each batch, epoch and state
-    change as the worker writes it; the stream ends when the job reaches a final state."""
+    change as the worker writes it; the stream ends when the job reaches a final state.
+    503 with Retry-After when TAPEFIT_MAX_STREAMS streams are open."""
     try:
         cursor = events.parse_cursor(last_event_id or last_event_id_query)
     except ValueError as exc:
@@ -52,12 +84,15 @@ async def job_events(
         raise RequestValidationError(
             [{"loc": (where, "last_event_id"), "msg": str(exc), "type": "value_error"}]
         ) from None
-    database: Database = request.app.state.database
-    # The first poll happens here, so an unknown job is a plain 404 rather than a stream.
-    first = await asyncio.to_thread(events.load, database, job_id=job_id, cursor=cursor)
-    return StreamingResponse(
-        events.stream(database, job_id=job_id, cursor=cursor, first=first),
-        media_type="text/event-stream",
-        # No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    hubs: EventHubs = request.app.state.event_hubs
+    try:
+        hubs.admit()
+    except StreamsFull as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    try:
+        # Read here, so an unknown job is a plain 404 rather than a stream.
+        first = await hubs.opening(job_id=job_id, cursor=cursor)
+    except BaseException:
+        hubs.release()
+        raise
+    return EventStreamResponse(hubs.stream(job_id=job_id, first=first), on_close=hubs.release)
