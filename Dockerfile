@@ -7,8 +7,8 @@ COPY service ./service
 COPY worker ./worker
 COPY benchmarks ./benchmarks
 COPY migrations ./migrations
-# Editable, so `tapefit db upgrade` finds migrations/ beside the packages; pinned to the
+# The wheel carries the migrations (setup.py), so no editable install is needed; pinned to the
 # versions the test suite passed with.
-RUN pip install --no-cache-dir -c constraints.txt -e ".[postgres]"
+RUN pip install --no-cache-dir -c constraints.txt ".[postgres]"
 EXPOSE 8000
 CMD ["tapefit", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint lock clean
+.PHONY: run test test-fast lint lock clean
 
 # serve migrates before it starts its workers (and they find the database at its head).
 run: $(VENV)/.installed
@@ -11,6 +11,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+# Everything but real processes and training: a quick check while editing.
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

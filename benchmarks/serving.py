@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.server import start_serve
-from service import serving
 from service.config import Settings
 from service.db import Database
-from service.inference import ModelStore
+from service.serving import catalog as serving
+from service.serving.store import ModelStore
 
 START_TIMEOUT_S = 30.0
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from service import jobs, leases
 from service.db import Database
 from service.migrate import upgrade
+from service.queue import jobs, leases
 from service.schemas import JobSpec, ModelSpec, OptimizerSpec
 from worker.data import Mnist
 from worker.models import build_model

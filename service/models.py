@@ -57,7 +57,7 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     """A training job and its live state. Its `state` column is the job state machine
-    (see service/jobs.py for the transitions)."""
+    (see service/queue/jobs.py for the transitions)."""
 
     __tablename__ = "jobs"
 

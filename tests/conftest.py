@@ -7,65 +7,17 @@ elsewhere), in a scratch database made for this test session and emptied between
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
 from service.migrate import upgrade
-
-SAMPLE = Path(__file__).parent / "data" / "mnist_sample.npz"
-
-# A job small enough to train in a couple of seconds on the committed sample.
-TINY_SPEC = {
-    "model": {"layers": [{"units": 32, "activation": "relu"},
-                         {"units": 10, "activation": "softmax"}]},
-    "epochs": 1,
-    "batch_size": 100,
-    "dataset": {"train_limit": 500, "test_limit": 200},
-}
-
-
-def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    """Settings for a test: its own data dir, the committed sample, quick polling."""
-    values: dict[str, object] = {
-        "data_dir": data_dir,
-        "database_url": None,
-        "mnist_path": SAMPLE,
-        "poll_interval": 0.05,
-        "flush_interval": 0.2,
-    }
-    return Settings(**{**values, **overrides})
-
-
-POSTGRES_URL = os.environ.get(
-    "TAPEFIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-@contextmanager
-def scratch_postgres(suffix: str) -> Iterator[str]:
-    """The URL of a new, empty database on the PostgreSQL server, dropped afterwards."""
-    server = make_url(POSTGRES_URL)
-    name = f"tapefit_test_{os.getpid()}_{suffix}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+from tests.helpers.settings import empty_postgres, make_settings, scratch_postgres
 
 
 @pytest.fixture(scope="session")
@@ -74,13 +26,6 @@ def postgres_url() -> Iterator[str]:
     with scratch_postgres("session") as url:
         upgrade(url)
         yield url
-
-
-def empty_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, metrics, epochs RESTART IDENTITY CASCADE"))
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -104,3 +49,17 @@ def database(settings: Settings) -> Iterator[Database]:
 def client(settings: Settings, database: Database) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+# Real processes and TensorFlow training: `make test-fast` leaves these out, `make test` runs
+# everything. Besides these folders and the tests that train models, a test says so itself
+# with @pytest.mark.slow.
+SLOW_FOLDERS = ("e2e", "worker")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.resolve().relative_to(TESTS).parts[0]
+        if folder in SLOW_FOLDERS or "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

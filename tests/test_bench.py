@@ -4,15 +4,16 @@ are the benchmark's business, measured on the full MNIST, never asserted in test
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.service import bench_service
-from tests.conftest import SAMPLE
+from tests.helpers.processes import TAPEFIT
+from tests.helpers.settings import SAMPLE
 
-TAPEFIT = str(Path(sys.executable).parent / "tapefit")
+pytestmark = pytest.mark.slow  # real processes or a long generated run
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event, inspect
 from service import migrate
 from service.migrate import alembic_config, upgrade
 from service.models import Base
-from tests.conftest import scratch_postgres
+from tests.helpers.settings import scratch_postgres
 
 
 def test_there_is_a_single_head(tmp_path: Path) -> None:
@@ -79,6 +79,7 @@ def _assert_at_head_without_drift(url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_concurrent_upgrades_of_a_new_sqlite_file_make_the_schema_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/tapefit.db"
     _upgrade_at_once(url)
@@ -89,6 +90,7 @@ def test_concurrent_upgrades_of_a_new_sqlite_file_make_the_schema_once(tmp_path:
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_concurrent_upgrades_of_a_new_postgresql_database_make_the_schema_once() -> None:
     with scratch_postgres("concurrent") as url:
         _upgrade_at_once(url)
@@ -117,6 +119,7 @@ def test_a_database_at_head_is_only_read(tmp_path: Path, monkeypatch: pytest.Mon
     assert statements and not [s for s in statements if s.lstrip().upper().startswith(writes)]
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_finds_its_migrations(tmp_path: Path) -> None:
     """`pip install .` (not editable) into a fresh venv ships the migrations: `tapefit db
     upgrade` there, run away from the source tree, makes the schema."""

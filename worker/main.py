@@ -14,12 +14,12 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from service import leases
 from service.config import Settings
 from service.db import Database, is_disk_full, is_transient
 from service.files import sweep_abandoned
-from service.leases import Lease, LeaseLost
-from service.sweeper import sweep_once
+from service.queue import leases
+from service.queue.leases import Lease, LeaseLost
+from service.queue.sweeper import sweep_once
 from worker.outcomes import HandedBack, Outcome, describe, persist
 from worker.recorder import Heartbeat, Presence
 from worker.run import JobRun

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service import leases
+from service.queue import leases
 from worker.recorder import JobRecorder
 
 

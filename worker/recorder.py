@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from service import leases, workers
 from service.db import Database
-from service.leases import Lease, LeaseLost
+from service.queue import leases, workers
+from service.queue.leases import Lease, LeaseLost
 from service.schemas import EpochRead
 
 log = logging.getLogger("tapefit.worker")
@@ -140,7 +140,7 @@ class JobRecorder:
         self.record(None)
 
     def record(self, change: Callable[..., None] | None, **values: Any) -> None:
-        """Write the rows held so far and then `change` (a service.leases transition), if any,
+        """Write the rows held so far and then `change` (a service.queue.leases transition), if any,
         in one transaction: a job's last rows and its end state commit together."""
         started = time.perf_counter()
         rows, self._rows = self._rows, []

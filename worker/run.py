@@ -15,10 +15,10 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from service import jobs, leases
 from service.config import Settings
 from service.db import Database, is_disk_full
-from service.leases import Lease, LeaseLost
+from service.queue import jobs, leases
+from service.queue.leases import Lease, LeaseLost
 from service.schemas import JobSpec
 from worker.outcomes import Cancelled, Failed, HandedBack, Outcome, Succeeded
 from worker.recorder import Heartbeat, JobRecorder

@@ -1,1 +1,1 @@
-"""The HTTP layer: thin routes over service.jobs and service.inference."""
+"""The HTTP layer: thin routes over service.queue.jobs and service.serving.store."""

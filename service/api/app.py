@@ -10,19 +10,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from service import workers
 from service.api import errors
-from service.api.auth import TokenAuth
-from service.api.limits import RequestLimits
+from service.api.middleware.auth import TokenAuth
+from service.api.middleware.limits import RequestLimits
+from service.api.middleware.security import BrowserSafety
 from service.api.routes import events, jobs, kserve_v2, metrics, predict, tfserving, ui
-from service.api.security import BrowserSafety
 from service.config import Settings, get_settings
 from service.db import Database
-from service.event_hub import EventHubs
-from service.inference import ModelStore
+from service.queue import workers
+from service.queue.event_hub import EventHubs
+from service.queue.sweeper import sweep_forever
 from service.schemas import Readiness
-from service.serving import Catalog
-from service.sweeper import sweep_forever
+from service.serving.catalog import Catalog
+from service.serving.store import ModelStore
 
 ROUTERS = (
     jobs.router,

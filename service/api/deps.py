@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from service.db import Database
 from service.ids import PATTERN, parse_id
-from service.jobs import JobNotFound
-from service.serving import NAME_PATTERN
+from service.queue.jobs import JobNotFound
+from service.serving.catalog import NAME_PATTERN
 
 # Told, not checked: FastAPI would answer a mismatch with a 422, and an id that names no
 # job is a 404 (parse_id says which).
@@ -53,7 +53,7 @@ WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function"
 JobIdDep = Annotated[int, Depends(parse_job_id)]
 
 # A served model's name and version, in the TF Serving and KServe paths: told in the schema
-# but not checked there either, since any other is a 404 that says why (service/serving.py).
+# but not checked there either, since any other is a 404 that says why (service/serving/catalog.py).
 Name = Annotated[
     str, Path(description="a job id, latest or best", json_schema_extra={"pattern": NAME_PATTERN})
 ]

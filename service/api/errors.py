@@ -28,10 +28,10 @@ from service.api.responses import allowed_methods, is_protocol_path
 from service.api.serving_deps import BodyTooLarge
 from service.db import is_disk_full, is_transient
 from service.files import DiskFull
-from service.imaging import ImageError, ImageTooLarge
-from service.inference import BadInput, ModelUnavailable
-from service.jobs import JobConflict, JobNotFound
-from service.serving import ModelNotFound
+from service.queue.jobs import JobConflict, JobNotFound
+from service.serving.catalog import ModelNotFound
+from service.serving.imaging import ImageError, ImageTooLarge
+from service.serving.store import BadInput, ModelUnavailable
 
 log = logging.getLogger("tapefit.api")
 

@@ -14,8 +14,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.inference import BadInput
-from service.serving import Catalog
+from service.serving.catalog import Catalog
+from service.serving.store import BadInput
 
 # 1,000 images of 784 pixels as JSON numbers fit well inside; anything larger is refused
 # before it is held in memory.

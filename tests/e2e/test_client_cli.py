@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from benchmarks.server import start_serve
-from tests.conftest import SAMPLE
-from tests.e2e import test_serve
-from tests.e2e.test_serve import TAPEFIT, run_server, wait_until
+from tests.helpers import processes
+from tests.helpers.processes import TAPEFIT, run_server, wait_until
+from tests.helpers.settings import SAMPLE
 
 SMALL = ["--epochs", "2", "--batch-size", "50", "--layers", "64,10", "--train-limit", "1000",
          "--test-limit", "300"]
@@ -139,7 +139,7 @@ def test_a_failing_job_gives_a_non_zero_exit_and_its_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "no-mnist.npz"
-    monkeypatch.setattr(test_serve, "SAMPLE", missing)  # run_server points the worker at it
+    monkeypatch.setattr(processes, "SAMPLE", missing)  # run_server points the worker at it
     with run_server(tmp_path, workers=1) as client:
         result = tapefit(str(client.base_url), "submit", "--epochs", "1", "--follow")
     assert result.returncode == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api  # a dev extra
 
-from tests.e2e.test_serve import run_server
+from tests.helpers.processes import run_server
 
 # Debian's chromium package (.ci/run installs it); never a browser Playwright downloads.
 CHROMIUM = Path("/usr/bin/chromium")

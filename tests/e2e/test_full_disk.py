@@ -12,7 +12,6 @@ import errno
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -27,10 +26,9 @@ from benchmarks.server import start_serve
 from service.api.app import create_app
 from service.db import is_disk_full, is_transient
 from service.files import DiskFull, owned_folder, write_atomically
-from tests.conftest import SAMPLE, TINY_SPEC, empty_postgres, make_settings
-from tests.e2e.test_serve import wait_until
+from tests.helpers.processes import TAPEFIT, wait_until
+from tests.helpers.settings import SAMPLE, TINY_SPEC, empty_postgres, make_settings
 
-TAPEFIT = str(Path(sys.executable).parent / "tapefit")
 SCRATCH_PREFIX = "tflite-"  # worker.export's; not imported, so this file loads no TensorFlow
 # Long enough (25,000 steps, ~7 s here) to still be training when the disk fills a moment
 # after its first rows (~0.5 s), so the worker is busy and the jobs behind it stay queued.

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.server import start_serve
-from tests.conftest import SAMPLE
-from tests.service.test_openapi_fuzz import EXCLUDED_CHECKS
+from tests.helpers.fuzz import EXCLUDED_CHECKS
+from tests.helpers.settings import SAMPLE
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 # The whole run's budget, in seconds: the generated phases repeat until it is spent.

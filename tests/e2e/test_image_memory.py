@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from benchmarks.server import start_serve
-from tests.conftest import SAMPLE, TINY_SPEC
-from tests.e2e.cluster import Cluster
-from tests.service.test_imaging import rgba_png
+from tests.helpers.cluster import Cluster
+from tests.helpers.images import rgba_png
+from tests.helpers.settings import SAMPLE, TINY_SPEC
 
 BURST = 8
 MAX_RISE = 500 * 1024 * 1024

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.schemas import JobState
-from tests.conftest import empty_postgres, make_settings
-from tests.e2e.cluster import Cluster
+from tests.helpers.cluster import Cluster
+from tests.helpers.settings import empty_postgres, make_settings
 
 SMALL = {"epochs": 1, "batch_size": 50, "dataset": {"train_limit": 300, "test_limit": 100},
          "model": {"layers": [{"units": 16}, {"units": 10, "activation": "softmax"}]}}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.schemas import JobState
-from tests.e2e.cluster import Cluster
+from tests.helpers.cluster import Cluster
 
 # 63 batches an epoch, 40 epochs. The tests stop the worker early in epoch 2, but what they
 # read lags the worker by up to a flush interval (hundreds of batches at ~1,400 batches/s):

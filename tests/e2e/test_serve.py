@@ -3,72 +3,22 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import sys
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from benchmarks.server import start_serve
-from tests.conftest import SAMPLE
-
-TAPEFIT = str(Path(sys.executable).parent / "tapefit")
-
-
-def wait_until(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.helpers.processes import run_server, wait_until
+from tests.helpers.settings import SAMPLE
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[httpx.Client]:
     with run_server(tmp_path, workers=1) as client:
         yield client
-
-
-@contextmanager
-def run_server(tmp_path: Path, *, workers: int) -> Iterator[httpx.Client]:
-    """`tapefit serve` on a port of its own with `workers` workers, stopped with Ctrl-C after."""
-    env = {
-        **os.environ,
-        "TAPEFIT_DATA_DIR": str(tmp_path / "data"),
-        "TAPEFIT_MNIST_PATH": str(SAMPLE),
-        "TAPEFIT_DATABASE_URL": "",
-    }
-    env.pop("TAPEFIT_DATABASE_URL")
-    process, url = start_serve("--workers", str(workers), env=env,
-                               log_path=tmp_path / "serve.log")
-    client = httpx.Client(base_url=url, timeout=10)
-
-    def healthy() -> bool:
-        try:
-            return client.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            return False
-
-    try:
-        wait_until(healthy, 30, "the API to answer")
-        yield client
-    finally:
-        client.close()
-        # Ctrl-C: the API stops and takes its workers with it.
-        process.send_signal(signal.SIGINT)
-        exit_code = process.wait(timeout=40)
-    assert exit_code == 0, (tmp_path / "serve.log").read_text()
-    assert "worker" in (tmp_path / "serve.log").read_text()
 
 
 def test_submit_train_poll_and_predict(server: httpx.Client) -> None:

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from service import jobs
 from service.api.app import create_app
-from service.client import Event, parse_sse
-from service.event_hub import EventHubs
-from tests.e2e.cluster import Cluster
+from service.cli.client import Event, parse_sse
+from service.queue import jobs
+from service.queue.event_hub import EventHubs
+from tests.helpers.cluster import Cluster
 from tests.service.test_events import live_server
 
 STREAMS = 50

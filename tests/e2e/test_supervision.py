@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, select
 
 from benchmarks.server import start_serve
 from service.models import WorkerHeartbeat
-from tests.conftest import SAMPLE, TINY_SPEC
+from tests.helpers.settings import SAMPLE, TINY_SPEC
 
 # A generous bound for the whole recovery (restart, TensorFlow loading, training a tiny job);
 # it typically takes a few seconds.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service import jobs, leases
 from service.db import Database
+from service.queue import jobs, leases
 from service.schemas import EpochRead, JobSpec
 
 

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from starlette.routing import Mount, Route
 
 from service.api.app import ROUTERS, create_app
-from service.api.auth import PUBLIC_PATHS
+from service.api.middleware.auth import PUBLIC_PATHS
 from service.config import Settings
 from service.db import Database
 

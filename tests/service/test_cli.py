@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from service.cli import is_loopback
-
-TAPEFIT = str(Path(sys.executable).parent / "tapefit")
+from service.cli.main import is_loopback
+from tests.helpers.processes import TAPEFIT
 
 
 @pytest.mark.parametrize(

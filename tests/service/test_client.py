@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service import client as client_module
-from service.cli import _parser
-from service.client import ApiError, Client, parse_sse
-from service.client_commands import layers, spec_from
-from service.console import ProgressView, duration, jobs_table
+from service.cli import client as client_module
+from service.cli.client import ApiError, Client, parse_sse
+from service.cli.commands import layers, spec_from
+from service.cli.console import ProgressView, duration, jobs_table
+from service.cli.main import _parser
 
 JOB = {
     "id": 3, "state": "running", "cancel_requested": False, "loss": 0.5, "test_accuracy": None,

@@ -10,10 +10,10 @@ from service.api.app import create_app
 from service.api.errors import TABLE, answer_for
 from service.config import Settings
 from service.db import Database
-from service.jobs import JobConflict, JobNotFound
+from service.queue.jobs import JobConflict, JobNotFound
 from service.schemas import JobState
-from service.serving import ModelNotReady
-from tests.service.conftest import add_job
+from service.serving.catalog import ModelNotReady
+from tests.helpers.serving import add_job
 
 
 def test_a_job_without_a_model_is_409_natively_and_404_to_the_protocols(

@@ -1,6 +1,6 @@
 """The live event stream, GET /jobs/{id}/events, against a real HTTP server in this process.
 
-A stand-in worker writes a job's history with the worker's own service.leases calls, in groups
+A stand-in worker writes a job's history with the worker's own service.queue.leases calls, in groups
 as the real one does, so the stream is tested on exactly the rows and transactions it polls.
 """
 
@@ -17,12 +17,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service import event_hub, events, jobs, leases, sweeper
 from service.api.app import create_app
-from service.client import Event, parse_sse
+from service.cli.client import Event, parse_sse
 from service.config import Settings
 from service.db import Database
-from service.event_hub import EventHubs
+from service.queue import event_hub, events, jobs, leases, sweeper
+from service.queue.event_hub import EventHubs
 from service.schemas import EpochRead, JobRead, JobSpec, JobState
 
 EPOCHS, BATCHES = 3, 4  # 12 steps; epoch e ends at step 4e + 3

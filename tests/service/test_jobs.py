@@ -8,11 +8,11 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from service import history, jobs, leases
 from service.db import Database
-from service.jobs import JobConflict
-from service.leases import Lease, LeaseLost
 from service.models import Metric
+from service.queue import history, jobs, leases
+from service.queue.jobs import JobConflict
+from service.queue.leases import Lease, LeaseLost
 from service.schemas import EpochRead, JobSpec, JobState
 
 
@@ -278,7 +278,7 @@ def test_a_cancel_racing_a_claim_asks_the_worker_instead_of_ending_a_running_job
     """PostgreSQL: the cancel read the job queued, then a worker claimed it before the cancel
     wrote. The job is running, so the cancel becomes a request its worker will see; it must
     not mark a running job cancelled under its worker. (SQLite's writers cannot interleave.)"""
-    from tests.conftest import empty_postgres
+    from tests.helpers.settings import empty_postgres
 
     empty_postgres(postgres_url)
     database = Database(postgres_url)

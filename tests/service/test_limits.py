@@ -15,7 +15,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
 from service.migrate import upgrade
-from tests.conftest import make_settings
+from tests.helpers.settings import make_settings
 
 LIMIT = 4096
 

@@ -16,25 +16,16 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.api.app import create_app
 from service.migrate import upgrade
-from tests.conftest import make_settings
+from tests.helpers.fuzz import EXCLUDED_CHECKS
+from tests.helpers.settings import make_settings
+
+pytestmark = pytest.mark.slow  # real processes or a long generated run
 
 EXAMPLES_PER_OPERATION = 25
 # The same examples every run, so the suite fails only on a real regression. To explore with
 # fresh ones: TAPEFIT_FUZZ_EXPLORE=1 make test (each such finding so far was a real bug).
 DERANDOMIZE = os.environ.get("TAPEFIT_FUZZ_EXPLORE") != "1"
-# Checks that cannot hold for an operation, by schemathesis's names (the live run in
-# tests/e2e/test_fuzz_live.py leaves out the same). Every other check, rejecting invalid data
-# included, runs on every operation.
-EXCLUDED_CHECKS = {
-    # A job spec has rules JSON Schema cannot state (the last layer has 10 units, at most 20 M
-    # parameters, momentum only for the momentum optimizer), and so has an upload (its bytes
-    # are a PNG or JPEG that shows ink): schema-valid input that breaks them is rightly
-    # refused with a 422 naming the rule, so "valid data is accepted" cannot hold there.
-    "POST /jobs": ["positive_data_acceptance"],
-    "POST /jobs/{job_id}/predict": ["positive_data_acceptance"],
-    # No worker runs here, so readiness is a 503 (as it declares), which is the point of it.
-    "GET /readyz": ["not_a_server_error"],
-}
+
 _CHECKS = {"positive_data_acceptance": positive_data_acceptance,
            "not_a_server_error": not_a_server_error}
 

@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import imaging
 from service.api.app import create_app
 from service.api.routes import predict
-from tests.service.conftest import Trained
-from tests.service.test_imaging import rgba_png
+from service.serving import imaging
+from tests.helpers.images import rgba_png
+from tests.helpers.serving import Trained
 
 
 def png(array: np.ndarray, fmt: str = "PNG") -> bytes:

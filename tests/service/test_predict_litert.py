@@ -12,9 +12,9 @@ from ai_edge_litert.interpreter import Interpreter
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.inference import ModelStore, ModelUnavailable
 from service.schemas import JobSpec
-from tests.service.conftest import GOOD_SPEC, Trained
+from service.serving.store import ModelStore, ModelUnavailable
+from tests.helpers.serving import GOOD_SPEC, Trained
 
 
 @pytest.mark.parametrize("implementation", ["keras", "naive"])

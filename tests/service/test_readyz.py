@@ -14,13 +14,13 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import delete, select, update
 
-from service import leases, workers
 from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
 from service.models import WorkerHeartbeat, utcnow
+from service.queue import leases, workers
 from service.schemas import JobState
-from tests.conftest import make_settings
+from tests.helpers.settings import make_settings
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from service.config import Settings
 from service.db import Database
 from service.ids import MAX_ID
 from service.schemas import JobState
-from tests.service.conftest import Trained, add_job
+from tests.helpers.serving import Trained, add_job
 
 EVIL = "http://evil.example"
 FORM_TYPES = ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.serving import bench_serving
-from tests.service.conftest import Trained
+from tests.helpers.serving import Trained
 
 
 def test_the_benchmark_measures_every_figure(trained: Trained) -> None:

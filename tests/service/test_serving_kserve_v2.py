@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.db import Database
 from service.schemas import JobState
-from tests.service.conftest import Trained, add_job
+from tests.helpers.serving import Trained, add_job
 
 HEADER = "Inference-Header-Content-Length"
 

@@ -6,14 +6,14 @@ import re
 
 import pytest
 
-from service import serving
 from service.config import Settings
 from service.db import Database
-from service.inference import ModelStore
 from service.models import Job
 from service.schemas import JobState
-from service.serving import Catalog, ModelNotFound, ModelNotReady
-from tests.service.conftest import add_job
+from service.serving import catalog as serving
+from service.serving.catalog import Catalog, ModelNotFound, ModelNotReady
+from service.serving.store import ModelStore
+from tests.helpers.serving import add_job
 
 
 def resolve(database: Database, name: str, version: str | None = None) -> serving.ModelRef:

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from service.db import Database
 from service.schemas import JobState
-from tests.service.conftest import Trained, add_job
+from tests.helpers.serving import Trained, add_job
 
 
 def test_model_status(served: TestClient, trained: Trained) -> None:

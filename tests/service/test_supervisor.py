@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from service.supervisor import Supervisor, describe_exit
+from service.cli.supervisor import Supervisor, describe_exit
+
+pytestmark = pytest.mark.slow  # real processes or a long generated run
 
 # Stands in for a worker: runs until SIGTERM, then exits 0 as a worker does after handing
 # back its job. It leaves a file named by its pid once it handles SIGTERM.

@@ -17,15 +17,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from service import history, jobs, leases
 from service.api.app import create_app
 from service.config import Settings
 from service.db import Database
 from service.files import DiskFull
 from service.migrate import upgrade
+from service.queue import history, jobs, leases
 from service.schemas import JobSpec, JobState
-from tests.conftest import SAMPLE, TINY_SPEC, make_settings
-from tests.e2e.test_serve import wait_until
+from tests.helpers.processes import wait_until
+from tests.helpers.settings import SAMPLE, TINY_SPEC, make_settings
 from worker.main import Worker
 from worker.training import STEPS_PER_CALL
 

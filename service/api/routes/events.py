@@ -10,10 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service import events
 from service.api.deps import JobIdDep
 from service.api.responses import ErrorRead, errors
-from service.event_hub import RETRY_AFTER_S, EventHubs, StreamsFull
+from service.queue import events
+from service.queue.event_hub import RETRY_AFTER_S, EventHubs, StreamsFull
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"])
 

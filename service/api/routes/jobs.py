@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from service import jobs
 from service.api.deps import JobIdDep, SessionDep, WriteSessionDep
 from service.api.responses import errors
+from service.queue import jobs
 from service.schemas import JobRead, JobSpec, JobsRead, JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 
-from service import open_inference
 from service.api.deps import Name, Version
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep
-from service.serving import Catalog
+from service.serving import kserve_v2 as open_inference
+from service.serving.catalog import Catalog
 
 router = APIRouter(
     prefix="/v2",

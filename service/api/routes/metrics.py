@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service import history
 from service.api.deps import JobIdDep, SessionDep
 from service.api.responses import errors
+from service.queue import history
 from service.schemas import EpochRead, MetricPage, MetricSummary
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"])

@@ -1,8 +1,8 @@
 """Ask a trained job's model to read digits, as JSON pixels or an uploaded image; download it.
 
-`{job_id}` is a job id or an alias, `latest` or `best` (see service/serving.py).
+`{job_id}` is a job id or an alias, `latest` or `best` (see service/serving/catalog.py).
 
-Decoding an image within the limits costs up to about 180 MB (see service/imaging.py), so at
+Decoding an image within the limits costs up to about 180 MB (see service/serving/imaging.py), so at
 most TAPEFIT_MAX_CONCURRENT_DECODES run at once, in the thread pool; an upload that finds no
 turn within DECODE_WAIT seconds is answered 503 with Retry-After. The wait holds no thread.
 """
@@ -21,10 +21,10 @@ from starlette.datastructures import State, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
 
-from service import imaging
 from service.api.responses import ErrorRead, errors
 from service.api.serving_deps import MAX_BODY_BYTES, CatalogDep, read_capped
 from service.schemas import ExplainedPrediction, ExplainedPredictResponse, PredictRequest
+from service.serving import imaging
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["predict"])
 

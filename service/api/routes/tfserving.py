@@ -14,12 +14,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from service import tfserving
 from service.api.deps import Name, Version
 from service.api.errors import error_response
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep
-from service.serving import Catalog
+from service.serving import tfserving
+from service.serving.catalog import Catalog
 
 
 class _Segment(StringConvertor):

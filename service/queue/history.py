@@ -1,5 +1,5 @@
 """A job's training history as the API serves it: loss rows by step, the curve folded into
-buckets, and the per-epoch figures. Read-only; the worker writes it through service.leases."""
+buckets, and the per-epoch figures. Read-only; the worker writes it through service.queue.leases."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.jobs import get_job
 from service.models import EpochSummary, Metric
+from service.queue.jobs import get_job
 from service.schemas import EpochRead, MetricBucket, MetricPage, MetricRead, MetricSummary
 
 

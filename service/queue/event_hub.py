@@ -38,9 +38,9 @@ from typing import TypeVar
 
 from sqlalchemy.exc import OperationalError
 
-from service import events
 from service.db import Database, is_transient
-from service.events import Cursor, Follower, Update
+from service.queue import events
+from service.queue.events import Cursor, Follower, Update
 from service.schemas import JobRead
 
 log = logging.getLogger("tapefit.events")

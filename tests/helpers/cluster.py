@@ -6,19 +6,17 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service import history, jobs
 from service.db import Database
 from service.migrate import upgrade
 from service.models import Job
+from service.queue import history, jobs
 from service.schemas import JobSpec, JobState
-from tests.conftest import SAMPLE, make_settings
-
-TAPEFIT = str(Path(sys.executable).parent / "tapefit")
+from tests.helpers.processes import TAPEFIT
+from tests.helpers.settings import SAMPLE, make_settings
 
 
 class Cluster:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.client import FINAL_STATES, ApiError, Client
-from service.console import ProgressView, job_outcome, jobs_table, status_lines
+from service.cli.client import FINAL_STATES, ApiError, Client
+from service.cli.console import ProgressView, job_outcome, jobs_table, status_lines
 from service.schemas import Activation, Implementation, JobState, OptimizerName
 
 COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict")

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.inference import MAX_INSTANCES, BadInput, as_numbers, check_images
 from service.schemas import INPUT_SIZE, NUM_CLASSES
-from service.serving import ModelRef
+from service.serving.catalog import ModelRef
+from service.serving.store import MAX_INSTANCES, BadInput, as_numbers, check_images
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME = "images"

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from service.inference import BadInput, as_images
 from service.schemas import INPUT_SIZE, NUM_CLASSES
-from service.serving import ModelRef
+from service.serving.catalog import ModelRef
+from service.serving.store import BadInput, as_images
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"

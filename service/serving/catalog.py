@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from service.db import Database
 from service.ids import PATTERN, parse_id
-from service.inference import ModelStore, ModelUnavailable
 from service.models import Artifact, Job
 from service.schemas import JobState
+from service.serving.store import ModelStore, ModelUnavailable
 
 LATEST = "latest"  # the newest succeeded job: the highest id, as TF Serving's latest version
 BEST = "best"  # the succeeded job with the highest test accuracy; the newer one on a tie

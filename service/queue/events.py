@@ -19,7 +19,7 @@ id (they are snapshots): a reconnecting client gets the current state once.
 Cursors are ordered as the events are: every batch and epoch event has a cursor (its id), and
 the events after a cursor are those whose cursor is greater. So a read of the rows after one
 cursor (an `Update`) can serve any client whose cursor is at or past that one: it takes the
-events past its own (`Follower.apply`). service/event_hub.py builds the live streams on that.
+events past its own (`Follower.apply`). service/queue/event_hub.py builds the live streams on that.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import jobs
 from service.db import Database
 from service.models import EpochSummary, Metric
+from service.queue import jobs
 from service.schemas import EpochRead, JobRead, JobState, MetricRead
 
 BATCH, EPOCH, STATE, PROGRESS = "batch", "epoch", "state", "progress"

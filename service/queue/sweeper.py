@@ -12,9 +12,9 @@ import logging
 
 from sqlalchemy.exc import OperationalError
 
-from service import leases
 from service.config import Settings
 from service.db import Database
+from service.queue import leases
 from service.schemas import JobState
 
 log = logging.getLogger("tapefit.sweeper")

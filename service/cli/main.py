@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from service import client_commands
+from service.cli import commands as client_commands
 from service.config import get_settings
 
 log = logging.getLogger("tapefit")
@@ -90,9 +90,9 @@ def serve(*, host: str, port: int, workers: int) -> int:
     """Migrate, start the worker processes (restarting any that dies), serve the API until
     interrupted, stop the workers."""
     from service.api.app import create_app
+    from service.cli.server import run_api
+    from service.cli.supervisor import Supervisor
     from service.migrate import upgrade
-    from service.server import run_api
-    from service.supervisor import Supervisor
 
     if workers < 0:
         print("tapefit: --workers must be 0 or more", file=sys.stderr)

@@ -13,7 +13,7 @@ States and their transitions (each happens in one short write transaction):
     running   -> failed     leases.requeue_stalled: ... and the job has used up max_attempts
     succeeded, failed, cancelled: final, nothing leaves them.
 
-Everything a worker does to a job goes through `service.leases`, fenced by its lease.
+Everything a worker does to a job goes through `service.queue.leases`, fenced by its lease.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from service import leases, workers
 from service.models import Artifact, Job, utcnow
+from service.queue import leases, workers
 from service.schemas import JobRead, JobSpec, JobState, Progress, finite_or_none
 
 
