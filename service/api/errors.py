@@ -28,6 +28,7 @@ from service.api.responses import allowed_methods, is_protocol_path
 from service.api.serving_deps import BodyTooLarge
 from service.db import is_disk_full, is_transient
 from service.files import DiskFull
+from service.queue.event_hub import RETRY_AFTER_S, StreamsFull
 from service.queue.jobs import JobConflict, JobNotFound
 from service.serving.catalog import ModelNotFound
 from service.serving.imaging import ImageError, ImageTooLarge
@@ -59,6 +60,7 @@ TABLE: dict[type[Exception], Answer] = {
     ImageError: Answer(422, 400, field="file"),
     ImageTooLarge: Answer(413, 413),
     BodyTooLarge: Answer(413, 413),
+    StreamsFull: Answer(503, 503, retry_after=RETRY_AFTER_S),
     # Waiting frees no space: no Retry-After, so clients are told what is wrong instead.
     DiskFull: Answer(507, 507, message=DISK_FULL),
 }

@@ -53,8 +53,9 @@ RETRY_MS = 2_000
 
 # An event id: a step (-1 before the first), and "e" for the epoch that ends at that step;
 # empty means from the start.
-CURSOR_PATTERN = r"^\s*((-1|\d{1,18})e?)?\s*$"
-_CURSOR = re.compile(r"(-1|\d{1,18})(e?)")
+# ASCII digits only: \d would take "١" (Arabic-Indic one) for 1.
+CURSOR_PATTERN = r"^\s*((-1|[0-9]{1,18})e?)?\s*$"
+_CURSOR = re.compile(r"(-1|[0-9]{1,18})(e?)")
 MAX_STEP = 2**31 - 1
 
 

@@ -663,3 +663,9 @@ def test_a_follower_takes_only_what_is_past_its_cursor() -> None:
     done = job.model_copy(update={"state": JobState.succeeded})
     text, final = follower.apply(update(events.Cursor(6), range(7, 8), done, read_at=0.5))
     assert final and text.startswith("batch 7\n") and '"state":"succeeded"' in text
+
+
+@pytest.mark.parametrize("cursor", ["١", "١e", "４２", "٤٢"])
+def test_event_ids_are_ascii_digits(cursor: str) -> None:
+    with pytest.raises(ValueError):
+        events.parse_cursor(cursor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from service.api.deps import JobIdDep
 from service.api.responses import ErrorRead, errors
 from service.queue import events
-from service.queue.event_hub import RETRY_AFTER_S, EventHubs, StreamsFull
+from service.queue.event_hub import EventHubs
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"])
 
@@ -85,10 +85,7 @@ async def job_events(
             [{"loc": (where, "last_event_id"), "msg": str(exc), "type": "value_error"}]
         ) from None
     hubs: EventHubs = request.app.state.event_hubs
-    try:
-        hubs.admit()
-    except StreamsFull as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    hubs.admit()  # StreamsFull past the cap: a 503 with Retry-After (service/api/errors.py)
     try:
         # Read here, so an unknown job is a plain 404 rather than a stream.
         first = await hubs.opening(job_id=job_id, cursor=cursor)
