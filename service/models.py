@@ -55,6 +55,26 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class ApiKey(Base):
+    """A per-user API key (service/tenancy/keys.py). The token is shown once, at creation:
+    only the SHA-256 of its secret part is kept. A revoked key keeps its row, so the jobs it
+    made keep their owner."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    # The token's public part, which finds the row: tfk_<prefix>_<secret>.
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    max_queued: Mapped[int | None] = mapped_column(Integer)  # None: no limit
+    max_running: Mapped[int | None] = mapped_column(Integer)  # None: no limit
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Job(Base):
     """A training job and its live state. Its `state` column is the job state machine
     (see service/queue/jobs.py for the transitions)."""
@@ -87,10 +107,19 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     # A client's Idempotency-Key: a retried submission returns the job it made first.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The API key that submitted it; None: the admin token, or made before keys existed.
+    # Everything a key makes carries this column: a key sees only its own rows.
+    owner: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    # Higher first, among its owner's queued jobs (the claim is fair between owners first).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         # The claim looks for the oldest queued job; the list filters by state.
         Index("ix_jobs_state_id", "state", "id"),
+        # The claim and the quotas count each owner's queued and running jobs.
+        Index("ix_jobs_state_owner", "state", "owner"),
+        # Retention looks for jobs that finished long ago.
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
 
@@ -136,7 +165,9 @@ class Artifact(Base):
         ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     content: Mapped[bytes] = mapped_column(LargeBinary)
-    sha256: Mapped[str] = mapped_column(String(64))
+    # Indexed: deleting a job asks whether another job's model has the same bytes (the
+    # API's cache is named by hash), without reading every model.
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
