@@ -17,10 +17,6 @@ from fastapi import Depends, Request
 from service.serving.catalog import Catalog
 from service.serving.store import BadInput
 
-# 1,000 images of 784 pixels as JSON numbers fit well inside; anything larger is refused
-# before it is held in memory.
-MAX_BODY_BYTES = 32 * 1024 * 1024
-
 
 class BodyTooLarge(ValueError):
     """The request body is over the limit."""
@@ -29,6 +25,12 @@ class BodyTooLarge(ValueError):
 async def catalog(request: Request) -> Catalog:
     """The app's model catalog (made with the app; async: no thread hop to fetch it)."""
     return request.app.state.catalog
+
+
+def body_limit(request: Request) -> int:
+    """The largest body a route reads: TAPEFIT_MAX_REQUEST_BYTES, inflated bodies included
+    (1,000 images of 784 pixels as JSON numbers fit well inside the default 32 MiB)."""
+    return request.app.state.settings.max_request_bytes
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -47,7 +49,8 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 async def read_body(request: Request) -> bytes:
     """The body, inflated when the client compressed it (tritonclient can gzip or deflate)."""
-    body = await read_capped(request, MAX_BODY_BYTES)
+    limit = body_limit(request)
+    body = await read_capped(request, limit)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -56,11 +59,11 @@ async def read_body(request: Request) -> bytes:
     inflater = zlib.decompressobj(wbits=_WBITS[encoding])
     try:
         # Bounded: a small compressed body must not inflate past the limit (a zip bomb).
-        content = inflater.decompress(body, MAX_BODY_BYTES + 1)
+        content = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
         raise BadInput(f"the {encoding} body could not be inflated: {exc}") from None
-    if len(content) > MAX_BODY_BYTES or inflater.unconsumed_tail:
-        raise BodyTooLarge(f"the inflated body is over the limit of {MAX_BODY_BYTES:,} bytes")
+    if len(content) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(f"the inflated body is over the limit of {limit:,} bytes")
     return content
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from service.schemas import FINAL_STATES
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 # The server sends a comment at least every 15 s; a stream silent for longer is dead.
 STREAM_READ_TIMEOUT_S = 45.0
 # How long `events` keeps reconnecting to a stream that broke before the job ended.

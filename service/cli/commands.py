@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli.client import FINAL_STATES, ApiError, Client
+from service.cli.client import ApiError, Client
 from service.cli.console import ProgressView, job_outcome, jobs_table, status_lines
-from service.schemas import Activation, Implementation, JobState, OptimizerName
+from service.schemas import FINAL_STATES, Activation, Implementation, JobState, OptimizerName
 
 COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict")
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from service.schemas import FINAL_STATES
+
 
 def percent(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.2f}%"
@@ -147,7 +149,7 @@ class ProgressView:
                 self._print(f"job {job['id']}: cancel requested; it stops after this batch")
             return
         self.state = job["state"]
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if job["state"] in FINAL_STATES:
             self._clear()
             return  # the caller prints the outcome
         line = job_outcome(job)

@@ -1,6 +1,8 @@
 // The API, from the browser: fetch with the stored Bearer token, errors as one sentence, and
 // the event stream read with fetch() (EventSource cannot send an Authorization header).
 
+import { FINAL } from "./ui.js";
+
 const TOKEN_KEY = "tapefit.token";
 
 export const token = {
@@ -70,7 +72,7 @@ export async function follow(path, { lastEventId = null, onEvent, onError = () =
       for await (const event of parse(response.body, signal)) {
         if (event.id !== null) lastEventId = event.id;
         onEvent(event.type, event.data, event.id);
-        if (event.type === "state" && ["succeeded", "failed", "cancelled"].includes(event.data.state)) finished = true;
+        if (event.type === "state" && FINAL.includes(event.data.state)) finished = true;
       }
     } catch (error) {
       if (signal.aborted) return;

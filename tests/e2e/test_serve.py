@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service.schemas import FINAL_STATES
 from tests.helpers.processes import run_server, wait_until
 from tests.helpers.settings import SAMPLE
 
@@ -28,7 +29,7 @@ def test_submit_train_poll_and_predict(server: httpx.Client) -> None:
 
     def finished() -> dict | None:
         job = server.get(f"/jobs/{job_id}").json()
-        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+        return job if job["state"] in FINAL_STATES else None
 
     job = wait_until(finished, 180, f"job {job_id} to finish")
     assert job["state"] == "succeeded", job["error"]

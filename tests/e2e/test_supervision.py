@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, select
 
 from benchmarks.server import start_serve
 from service.models import WorkerHeartbeat
+from service.schemas import FINAL_STATES
 from tests.helpers.settings import SAMPLE, TINY_SPEC
 
 # A generous bound for the whole recovery (restart, TensorFlow loading, training a tiny job);
@@ -74,7 +75,7 @@ def test_a_killed_worker_is_restarted_and_the_next_job_succeeds(tmp_path: Path) 
 
         def finished() -> dict | None:
             job = client.get(f"/jobs/{job_id}").json()
-            return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+            return job if job["state"] in FINAL_STATES else None
 
         job = wait_until(finished, RECOVERY_DEADLINE_S, f"job {job_id}", log)
         assert isinstance(job, dict) and job["state"] == "succeeded", job

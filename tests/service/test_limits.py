@@ -109,3 +109,19 @@ def test_a_database_out_of_reach_is_503_with_retry_after(tmp_path: Path) -> None
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert "unreachable" in response.json()["detail"]
+
+
+def test_an_inflated_protocol_body_is_capped_by_the_setting(settings: Settings) -> None:
+    """TAPEFIT_MAX_REQUEST_BYTES bounds what a gzip body inflates to, as it bounds the wire."""
+    import gzip
+
+    upgrade(settings.sqlalchemy_url)
+    small = settings.model_copy(update={"max_request_bytes": 64 * 1024})
+    bomb = gzip.compress(b" " * (1024 * 1024))  # ~1 KB that inflates to 1 MiB
+    with TestClient(create_app(small)) as client:
+        response = client.post(
+            "/v2/models/best/infer", content=bomb,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+    assert response.status_code == 413, response.text
+    assert response.json() == {"error": "the inflated body is over the limit of 65,536 bytes"}

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from service.api.responses import ErrorRead, errors
-from service.api.serving_deps import MAX_BODY_BYTES, CatalogDep, read_capped
+from service.api.serving_deps import CatalogDep, body_limit, read_capped
 from service.schemas import ExplainedPrediction, ExplainedPredictResponse, PredictRequest
 from service.serving import imaging
 
@@ -73,7 +73,7 @@ async def read_input(request: Request) -> PredictRequest | np.ndarray:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return await _read_image(request, await _read_upload(request))
     try:
-        return PredictRequest.model_validate_json(await read_capped(request, MAX_BODY_BYTES))
+        return PredictRequest.model_validate_json(await read_capped(request, body_limit(request)))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
