@@ -54,6 +54,7 @@ class JobRun:
         self._checkpointer = None
         self._position = None
         self._batches = 0
+        self._epochs = 0
 
     def execute(self) -> Outcome:
         """Run the job to its outcome. Raises LeaseLost when the job was taken from this
@@ -100,6 +101,7 @@ class JobRun:
             load_mnist(self.settings.mnist_path), spec.dataset.train_limit, spec.dataset.test_limit
         )
         self._batches = math.ceil(len(data.x_train) / spec.batch_size)
+        self._epochs = spec.epochs
 
         def fresh() -> tuple:
             model, updater = build_model(spec.model, seed=spec.seed), build_updater(spec.optimizer)
@@ -138,5 +140,9 @@ class JobRun:
         return self._position.epoch * self._batches + self._position.batch
 
     def _save_checkpoint(self) -> None:
+        if self._position.epoch >= self._epochs:
+            # After the last epoch: the job's end drops a checkpoint moments after it is
+            # written, and a worker lost now costs at most the evaluation and the export.
+            return
         self.recorder.record(leases.save_checkpoint,
                              content=self._checkpointer.pack(self._position), step=self._step())

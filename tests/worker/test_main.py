@@ -392,3 +392,22 @@ def test_an_unusable_checkpoint_makes_the_job_start_over_not_fail(
     assert job.state == JobState.succeeded, job.error
     assert f"job {job_id}: its checkpoint is unusable" in caplog.text
     assert [m.step for m in metrics] == list(range(job.total_steps))
+
+
+def test_no_checkpoint_is_written_after_the_last_epoch(
+    settings: Settings, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's end drops its checkpoint at once: the last epoch writes none (for a large
+    model that was hundreds of MB written to be deleted)."""
+    written: list[int] = []
+    save = leases.save_checkpoint
+
+    def counting(**kwargs: object) -> None:
+        written.append(kwargs["step"])
+        save(**kwargs)
+
+    monkeypatch.setattr(leases, "save_checkpoint", counting)
+    job_id = submit(database, {**TINY_SPEC, "epochs": 3})  # 5 batches an epoch
+    assert run_once(settings)
+    assert read(database, job_id)[0].state == JobState.succeeded
+    assert written == [5, 10]  # after epochs 1 and 2, not after the third and last
