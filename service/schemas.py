@@ -11,19 +11,33 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic import Strict as StrictType
 
+from service.layers import (
+    MNIST_INPUT_SHAPE,
+    NUM_CLASSES,
+    Activation,
+    DenseLayer,
+    Layer,
+    check_model,
+)
+
 # Bounds a job must stay within. They keep one job from exhausting a worker's memory
-# or running for days, and they are listed in the README.
+# or running for days, and they are listed in the README. The layers' own bounds (units,
+# parameters, multiply-adds) are in service/layers.py.
 MAX_EPOCHS = 100
 MAX_BATCH_SIZE = 60_000
-MAX_LAYERS = 8
-MAX_UNITS = 4_096
-MAX_PARAMETERS = 20_000_000
+MAX_LAYERS = 32
 MAX_LEARNING_RATE = 10.0
 INPUT_SIZE = 784
-NUM_CLASSES = 10
 
 
 class Strict(BaseModel):
@@ -40,17 +54,9 @@ Float = Annotated[float, StrictType()]
 Bool = Annotated[bool, StrictType()]
 
 
-class Activation(StrEnum):
-    relu = "relu"
-    sigmoid = "sigmoid"
-    tanh = "tanh"
-    softmax = "softmax"
-    linear = "linear"
-
-
 class Implementation(StrEnum):
     naive = "naive"  # the book's NaiveDense / NaiveSequential on plain tf.Variables
-    keras = "keras"  # keras.layers.Dense
+    keras = "keras"  # Keras layers: every layer type
 
 
 class OptimizerName(StrEnum):
@@ -76,47 +82,33 @@ class JobState(StrEnum):
 FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 
 
-class LayerSpec(Strict):
-    units: Int = Field(ge=1, le=MAX_UNITS)
-    activation: Activation = Activation.relu
-
-
-def _default_layers() -> list[LayerSpec]:
+def _default_layers() -> list[Layer]:
     return [
-        LayerSpec(units=512, activation=Activation.relu),
-        LayerSpec(units=NUM_CLASSES, activation=Activation.softmax),
+        DenseLayer(units=512, activation=Activation.relu),
+        DenseLayer(units=NUM_CLASSES, activation=Activation.softmax),
     ]
 
 
 class ModelSpec(Strict):
+    """The network: typed layers (service/layers.py), checked on MNIST's (28, 28, 1) input."""
+
     implementation: Implementation = Implementation.keras
-    layers: list[LayerSpec] = Field(
+    layers: list[Layer] = Field(
         default_factory=_default_layers, min_length=1, max_length=MAX_LAYERS
     )
 
     @field_validator("layers")
     @classmethod
-    def _last_layer_is_the_digits(cls, layers: list[LayerSpec]) -> list[LayerSpec]:
-        if layers[-1].units != NUM_CLASSES:
-            raise ValueError(
-                f"the last layer must have {NUM_CLASSES} units (one per digit), "
-                f"got {layers[-1].units}"
-            )
-        params = parameter_count(layers)
-        if params > MAX_PARAMETERS:
-            raise ValueError(
-                f"the model has {params:,} parameters, more than the {MAX_PARAMETERS:,} allowed"
-            )
+    def _layers_fit_together(cls, layers: list[Layer], info: ValidationInfo) -> list[Layer]:
+        if info.data.get("implementation") is Implementation.naive:
+            for index, layer in enumerate(layers):
+                if layer.type != "dense":
+                    raise ValueError(
+                        f"layers[{index}] ({layer.type}): the naive implementation has dense "
+                        "layers only (the book's NaiveDense); use keras for this layer"
+                    )
+        check_model(layers, MNIST_INPUT_SHAPE)  # a ShapeError is a ValueError: a 422
         return layers
-
-
-def parameter_count(layers: list[LayerSpec]) -> int:
-    """Weights plus biases of a stack of dense layers on 784 inputs."""
-    total, fan_in = 0, INPUT_SIZE
-    for layer in layers:
-        total += fan_in * layer.units + layer.units
-        fan_in = layer.units
-    return total
 
 
 class OptimizerSpec(Strict):

@@ -1,6 +1,7 @@
 """A job's training state as one archive, so a requeued job resumes instead of starting over.
 
-One checkpoint holds the weights, the optimizer's slots and the fit position together. It is
+One checkpoint holds the weights, the model's other state (batch norm's moving statistics,
+dropout's seed state), the optimizer's slots and the fit position together. It is
 packed into bytes for the database (`leases.save_checkpoint`), not left on the worker's disk:
 the job's next worker may run on another machine. The database write is fenced by the
 lease, so a worker that lost its job and wakes up late cannot overwrite the new holder's.
@@ -39,9 +40,13 @@ class Checkpointer:
             "loss_sum": tf.Variable(0.0, dtype=tf.float64),
             "correct_sum": tf.Variable(0.0, dtype=tf.float64),
         }
+        # Only a model with state has the `state` entry, so the checkpoints of dense models
+        # are what they were before models had any.
+        state = {"state": list(model.state)} if model.state else {}
         self._checkpoint = tf.train.Checkpoint(
             weights=list(model.weights),
             optimizer=list(updater.variables),
+            **state,
             **{f"position_{name}": variable for name, variable in self._position.items()},
         )
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import tensorflow as tf
 
 from service.files import owned_folder
-from service.schemas import INPUT_SIZE
 from worker.models import Model, predict_probabilities
 
 # The name of a conversion's scratch folder; the worker sweeps abandoned ones at start.
@@ -23,16 +22,21 @@ SCRATCH_PREFIX = "tflite-"
 
 
 class _Servable(tf.Module):
-    """The model as one function, images (N, 784) → probabilities (N, 10), N left open."""
+    """The model as one function, images → probabilities (N, 10), N left open. The images
+    come in the model's own input shape: (N, 784) for a dense model, (N, 28, 28, 1) for one
+    that reads images whole, such as a convnet."""
 
     def __init__(self, model: Model) -> None:
         super().__init__()
         # Tracked here so the converter finds the variables and freezes them into constants.
-        self.frozen = list(model.weights)
+        self.frozen = list(model.weights) + list(model.state)
         self._model = model
+        self.predict = tf.function(
+            self._predict,
+            input_signature=[tf.TensorSpec([None, *model.input_shape], tf.float32)],
+        )
 
-    @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE], tf.float32)])
-    def predict(self, images: tf.Tensor) -> tf.Tensor:
+    def _predict(self, images: tf.Tensor) -> tf.Tensor:
         return predict_probabilities(self._model, images)
 
 

@@ -16,9 +16,8 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
-from service.schemas import INPUT_SIZE
 from worker.data import Mnist
-from worker.models import IMAGES, LABELS, Model, is_correct, per_sample_loss
+from worker.models import LABELS, Model, is_correct, per_sample_loss
 from worker.updaters import Updater
 
 
@@ -95,9 +94,12 @@ class BatchGenerator:
 def one_training_step(
     model: Model, updater: Updater, images_batch: tf.Tensor, labels_batch: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """The book's step: forward pass under a tape, gradients, update; (mean loss, accuracy)."""
+    """The book's step: forward pass under a tape, gradients, update; (mean loss, accuracy).
+
+    In training mode: dropout drops, and batch norm normalises by the batch and updates its
+    moving statistics (evaluation and export run the model with training=False)."""
     with tf.GradientTape() as tape:
-        predictions = model(images_batch)
+        predictions = model(images_batch, training=True)
         per_sample_losses = per_sample_loss(model, predictions, labels_batch)
         average_loss = tf.reduce_mean(per_sample_losses)
     gradients = tape.gradient(average_loss, model.weights)
@@ -113,7 +115,7 @@ def make_train_step(model: Model, updater: Updater) -> TrainStep:
     """
     updater.build(model.weights)
 
-    @tf.function(input_signature=[IMAGES, LABELS])
+    @tf.function(input_signature=[model.images, LABELS])
     def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return one_training_step(model, updater, images, labels)
 
@@ -122,15 +124,19 @@ def make_train_step(model: Model, updater: Updater) -> TrainStep:
 
 # Full batches run up to this many at a time in one compiled call: one Python-to-TensorFlow
 # dispatch per 16 batches instead of per batch (the profile put a quarter of an epoch in
-# dispatch). Every batch's loss still comes back. A call holds at most CALL_SAMPLES images, so
-# a cancel or shutdown, seen between calls, waits for a bounded amount of work.
+# dispatch). Every batch's loss still comes back. A call holds at most CALL_SAMPLES images and
+# CALL_MULTIPLY_ADDS of forward work (a convnet's images cost ~8 times a dense model's), so a
+# cancel or shutdown, seen between calls, waits for a bounded amount of work.
 STEPS_PER_CALL = 16
 CALL_SAMPLES = 2048
+CALL_MULTIPLY_ADDS = 1_000_000_000
 
 
-def steps_per_call(batch_size: int) -> int:
-    """How many full batches one compiled call runs."""
-    return max(1, min(STEPS_PER_CALL, CALL_SAMPLES // batch_size))
+def steps_per_call(batch_size: int, multiply_adds: int = 0) -> int:
+    """How many full batches one compiled call runs, for a model of `multiply_adds` per
+    sample."""
+    by_work = CALL_MULTIPLY_ADDS // max(1, batch_size * multiply_adds)
+    return max(1, min(STEPS_PER_CALL, CALL_SAMPLES // batch_size, by_work))
 
 TrainSteps = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
@@ -142,7 +148,7 @@ def make_train_steps(model: Model, updater: Updater) -> TrainSteps:
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec([None, None, INPUT_SIZE], tf.float32),
+            tf.TensorSpec([None, None, model.input_size], tf.float32),
             tf.TensorSpec([None, None], tf.int32),
         ]
     )
@@ -259,8 +265,9 @@ def fit(
     full_batches = num_samples // batch_size
     # Each call's images are gathered into this one small buffer, in visiting order: no
     # shuffled copy of the whole set (whose fresh pages cost ~0.4 s before a job's first step).
-    capacity = steps_per_call(batch_size) * batch_size
-    image_buffer = np.empty((capacity, INPUT_SIZE), np.float32)
+    per_call = steps_per_call(batch_size, model.multiply_adds)
+    capacity = per_call * batch_size
+    image_buffer = np.empty((capacity, model.input_size), np.float32)
     label_buffer = np.empty(capacity, data.y_train.dtype)
     started = time.perf_counter()
     while position.epoch < epochs:
@@ -270,13 +277,13 @@ def fit(
         first_step = epoch * batches.num_batches
         while position.batch < batches.num_batches:
             first = position.batch
-            count = min(steps_per_call(batch_size), full_batches - first)
+            count = min(per_call, full_batches - first)
             rows = order[first * batch_size : (first + max(count, 1)) * batch_size]
             images = np.take(data.x_train, rows, axis=0, out=image_buffer[: len(rows)])
             labels = np.take(data.y_train, rows, out=label_buffer[: len(rows)])
             if count > 0:  # a stack of full batches, in one call
                 losses, accuracies = train_steps(
-                    images.reshape(count, batch_size, INPUT_SIZE),
+                    images.reshape(count, batch_size, model.input_size),
                     labels.reshape(count, batch_size),
                 )
                 sizes = [batch_size] * count

@@ -23,8 +23,8 @@ def test_submit_fills_in_the_books_defaults(client: TestClient, body: dict | Non
     assert job["state"] == "queued"
     assert job["spec"] == JobSpec().model_dump(mode="json")
     assert job["spec"]["model"]["layers"] == [
-        {"units": 512, "activation": "relu"},
-        {"units": 10, "activation": "softmax"},
+        {"type": "dense", "units": 512, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
     ]
     assert (job["spec"]["optimizer"]["name"], job["spec"]["epochs"]) == ("rmsprop", 5)
     assert job["progress"] == {
@@ -52,12 +52,13 @@ BAD_SPECS = [
     ({"colour": "blue"}, "colour"),
     ({"model": {"implementation": "pytorch"}}, "model.implementation"),
     ({"model": {"layers": []}}, "model.layers"),
-    ({"model": {"layers": [{"units": 64}] * 8 + [{"units": 10}]}}, "model.layers"),
+    ({"model": {"layers": [{"units": 64}] * 32 + [{"units": 10}]}}, "model.layers"),
     ({"model": {"layers": [{"units": 5}]}}, "model.layers"),
-    ({"model": {"layers": [{"units": 4097}, {"units": 10}]}}, "model.layers.0.units"),
+    ({"model": {"layers": [{"units": 4097}, {"units": 10}]}}, "model.layers.0.dense.units"),
     ({"model": {"layers": [{"units": 4096}] * 3 + [{"units": 10}]}}, "model.layers"),
-    ({"model": {"layers": [{"units": 10, "activation": "gelu"}]}}, "model.layers.0.activation"),
-    ({"model": {"layers": [{"units": 10, "dropout": 0.5}]}}, "model.layers.0.dropout"),
+    ({"model": {"layers": [{"units": 10, "activation": "gelu"}]}},
+     "model.layers.0.dense.activation"),
+    ({"model": {"layers": [{"units": 10, "dropout": 0.5}]}}, "model.layers.0.dense.dropout"),
     ({"optimizer": {"name": "lbfgs"}}, "optimizer.name"),
     ({"optimizer": {"learning_rate": 0}}, "optimizer.learning_rate"),
     ({"optimizer": {"learning_rate": 10.5}}, "optimizer.learning_rate"),
@@ -70,7 +71,7 @@ BAD_SPECS = [
     ({"epochs": True}, "epochs"),
     ({"batch_size": 1.0}, "batch_size"),
     ({"seed": False}, "seed"),
-    ({"model": {"layers": [{"units": True}, {"units": 10}]}}, "model.layers.0.units"),
+    ({"model": {"layers": [{"units": True}, {"units": 10}]}}, "model.layers.0.dense.units"),
     ({"optimizer": {"learning_rate": True}}, "optimizer.learning_rate"),
     ({"dataset": {"test_limit": True}}, "dataset.test_limit"),
     ({"shuffle": 1}, "shuffle"),
