@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -202,3 +203,45 @@ class WorkerHeartbeat(Base):
     # heartbeat_at plus the worker's own lease timeout: past it, the worker counts as gone.
     # Stored so that a reader needs no settings to judge it (and each worker's promise holds).
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Dataset(Base):
+    """An uploaded dataset, parsed, checked and split at upload (service/datasets/): what it
+    holds, and how its inputs are prepared. Its bytes (the canonical .npz every worker reads)
+    are in `dataset_chunks`, so workers on other machines need no shared disk."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    format: Mapped[str] = mapped_column(String(16))  # what was uploaded: npz, csv, images
+    kind: Mapped[str] = mapped_column(String(16))  # image or tabular
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    classes: Mapped[list[str]] = mapped_column(JSON)
+    train_count: Mapped[int] = mapped_column(Integer)
+    test_count: Mapped[int] = mapped_column(Integer)
+    # The stored .npz's size and hash: a worker's cached copy is checked against it.
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # How inputs are prepared (training split's mean and std, or pixel scaling): see
+    # service/datasets/prepare.py.
+    preprocessing: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # A few training images for the dashboard (a small .npz), image datasets only; read
+    # only by the samples route.
+    samples: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    source_name: Mapped[str] = mapped_column(String(255))  # the uploaded file's name
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DatasetChunk(Base):
+    """One piece of a dataset's stored .npz, in order: bounded pieces, so neither writing nor
+    reading a dataset holds it whole in one statement (service/datasets/storage.py)."""
+
+    __tablename__ = "dataset_chunks"
+
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
