@@ -256,15 +256,19 @@ class EpochRead(BaseModel):
     seconds: float
 
 
-# An instance is 784 pixel values in [0, 1], flat or as 28 rows of 28.
+# An instance is 784 pixel values in [0, 1], flat, as 28 rows of 28, or as 28 rows of 28
+# one-channel pixels (a convnet's input shape); every MNIST model takes all three.
 Pixel = Annotated[Float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 FlatImage = Annotated[list[Pixel], Field(min_length=INPUT_SIZE, max_length=INPUT_SIZE)]
 Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
 GridImage = Annotated[list[Row], Field(min_length=28, max_length=28)]
+Channels = Annotated[list[Pixel], Field(min_length=1, max_length=1)]
+ChannelRow = Annotated[list[Channels], Field(min_length=28, max_length=28)]
+ChannelImage = Annotated[list[ChannelRow], Field(min_length=28, max_length=28)]
 
 
 class PredictRequest(Strict):
-    instances: list[FlatImage | GridImage] = Field(min_length=1, max_length=1_000)
+    instances: list[FlatImage | GridImage | ChannelImage] = Field(min_length=1, max_length=1_000)
 
 
 class Prediction(BaseModel):

@@ -168,6 +168,11 @@ class Catalog:
         """Probabilities (N, 10) from the model's LiteRT interpreter."""
         return self.store.predict(self.cache(ref.job_id), images)
 
+    def input_shape(self, ref: ModelRef) -> tuple[int, ...]:
+        """One sample's shape as the model reads it, from its .tflite: (784,) or
+        (28, 28, 1) for MNIST models."""
+        return self.store.input_shape(self.cache(ref.job_id))
+
     def content(self, ref: ModelRef) -> bytes:
         """The model's .tflite bytes, checked against the hash the database holds."""
         return self.store.content(self.cache(ref.job_id))

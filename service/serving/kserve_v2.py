@@ -60,17 +60,18 @@ class InferenceRequest(_Message):
 @dataclass(frozen=True)
 class InferCall:
     id: str
-    images: np.ndarray  # (N, 784) float32, checked
+    images: np.ndarray  # (N, 784) float32, checked; the model reshapes them to its input
     outputs: list[tuple[str, bool]]  # (name, as binary) in the order asked
 
 
-def model_metadata(ref: ModelRef) -> dict[str, Any]:
-    """The model metadata response: one FP32 input, probabilities and digit outputs."""
+def model_metadata(ref: ModelRef, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The model metadata response: one FP32 input in the model's own shape ([-1, 784], or
+    [-1, 28, 28, 1] for a convnet), probabilities and digit outputs."""
     return {
         "name": ref.name,
         "versions": [ref.version],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, INPUT_SIZE]}],
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
         "outputs": [
             {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, NUM_CLASSES]},
             {"name": DIGIT, "datatype": "INT64", "shape": [-1]},
@@ -115,7 +116,9 @@ def _images(tensor: InputTensor, binary: bytes) -> np.ndarray:
         raise BadInput(f"input '{INPUT_NAME}' must be FP32, got {tensor.datatype}")
     shape = tensor.shape
     if any(d < 0 for d in shape) or shape[0] > MAX_INSTANCES:
-        raise BadInput(f"expected shape [N, {INPUT_SIZE}] or [N, 28, 28], got {shape}")
+        raise BadInput(
+            f"expected shape [N, {INPUT_SIZE}], [N, 28, 28] or [N, 28, 28, 1], got {shape}"
+        )
     count = math.prod(shape)
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is None:

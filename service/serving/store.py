@@ -9,6 +9,7 @@ served, and no request can name a path: a name is only ever a hash the database 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -23,6 +24,10 @@ from service.schemas import INPUT_SIZE, NUM_CLASSES
 
 MAX_INSTANCES = 1_000
 _SIDE = 28
+# MNIST's images as a request may send them: flat, 28 rows, or 28 rows of one channel (the
+# input of a convnet). Every model takes all three; each reads them in its own input shape.
+_IMAGE_SHAPES = ((INPUT_SIZE,), (_SIDE, _SIDE), (_SIDE, _SIDE, 1))
+_EXPECTED = f"[N, {INPUT_SIZE}], [N, 28, 28] or [N, 28, 28, 1]"
 
 
 class ModelUnavailable(LookupError):
@@ -48,18 +53,17 @@ def as_numbers(values: object) -> np.ndarray:
 
 
 def as_images(values: object) -> np.ndarray:
-    """Nested numbers shaped (N, 784) or (N, 28, 28) as a float32 batch (N, 784), checked."""
+    """Nested numbers shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) as a float32 batch
+    (N, 784), checked."""
     return check_images(as_numbers(values))
 
 
 def check_images(array: np.ndarray) -> np.ndarray:
-    """`array` as (N, 784) when it is N images of 784 (or 28x28) finite pixels in [0, 1]."""
+    """`array` as (N, 784) when it is N images of 784 (or 28x28, or 28x28x1) finite pixels
+    in [0, 1]."""
     shape = array.shape
-    if not (
-        (array.ndim == 2 and shape[1] == INPUT_SIZE)
-        or (array.ndim == 3 and shape[1:] == (_SIDE, _SIDE))
-    ):
-        raise BadInput(f"expected shape [N, {INPUT_SIZE}] or [N, 28, 28], got {list(shape)}")
+    if array.ndim < 2 or shape[1:] not in _IMAGE_SHAPES:
+        raise BadInput(f"expected shape {_EXPECTED}, got {list(shape)}")
     if not 1 <= shape[0] <= MAX_INSTANCES:
         raise BadInput(f"expected 1 to {MAX_INSTANCES} images, got {shape[0]}")
     if not np.isfinite(array).all():
@@ -76,11 +80,14 @@ class _LoadedModel:
     interpreter: Interpreter
     input_index: int
     output_index: int
+    input_shape: tuple[int, ...]  # one sample's, from the .tflite: (784,) or (28, 28, 1)
     # A LiteRT interpreter holds its tensors in place: one request at a time per model.
     lock: threading.Lock = field(default_factory=threading.Lock)
     batch: int = 1
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        """Outputs for flat rows of the model's input size, reshaped to its input shape."""
+        images = images.reshape(-1, *self.input_shape)
         with self.lock:
             if images.shape[0] != self.batch:
                 self.interpreter.resize_tensor_input(self.input_index, list(images.shape))
@@ -120,12 +127,22 @@ class ModelStore:
         return content
 
     def predict(self, sha256: str, images: np.ndarray) -> np.ndarray:
-        """Probabilities, shape (N, 10), for `images` of shape (N, 784) in [0, 1]."""
-        images = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, INPUT_SIZE)
-        probabilities = self._get(sha256).predict(images)
+        """Probabilities, shape (N, 10), for `images` of shape (N, 784) in [0, 1] (or any
+        shape holding N images of the model's input size)."""
+        loaded = self._get(sha256)
+        size = math.prod(loaded.input_shape)
+        if np.size(images) % size:
+            raise BadInput(f"the model takes images of shape {list(loaded.input_shape)}")
+        images = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, size)
+        probabilities = loaded.predict(images)
         if probabilities.shape != (images.shape[0], NUM_CLASSES):
             raise ModelUnavailable(f"the model gives shape {probabilities.shape}")
         return probabilities
+
+    def input_shape(self, sha256: str) -> tuple[int, ...]:
+        """One sample's shape as the model reads it: (784,) for a dense MNIST model,
+        (28, 28, 1) for a convnet (read from the .tflite when it is loaded)."""
+        return self._get(sha256).input_shape
 
     def _path(self, sha256: str) -> Path:
         if not _SHA256.fullmatch(sha256):
@@ -154,10 +171,12 @@ class ModelStore:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelUnavailable(f"the model could not be loaded: {exc}") from None
+        inputs = interpreter.get_input_details()[0]
         return _LoadedModel(
             interpreter=interpreter,
-            input_index=interpreter.get_input_details()[0]["index"],
+            input_index=inputs["index"],
             output_index=interpreter.get_output_details()[0]["index"],
+            input_shape=tuple(int(size) for size in inputs["shape_signature"][1:]),
         )
 
     def __len__(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.schemas import INPUT_SIZE, NUM_CLASSES
+from service.schemas import NUM_CLASSES
 from service.serving.catalog import ModelRef
 from service.serving.store import BadInput, as_images
 
@@ -54,8 +54,9 @@ def model_status(ref: ModelRef) -> dict[str, Any]:
     }
 
 
-def model_metadata(ref: ModelRef) -> dict[str, Any]:
-    """GetModelMetadataResponse as JSON: the one signature, images in, probabilities out."""
+def model_metadata(ref: ModelRef, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """GetModelMetadataResponse as JSON: the one signature, images in (one sample of
+    `input_shape` each: (784,), or (28, 28, 1) for a convnet), probabilities out."""
     return {
         "model_spec": {"name": ref.name, "signature_name": "", "version": ref.version},
         "metadata": {
@@ -63,9 +64,9 @@ def model_metadata(ref: ModelRef) -> dict[str, Any]:
                 "signature_def": {
                     SIGNATURE: {
                         "inputs": {
-                            INPUT_NAME: _tensor_info(INPUT_SIZE, "serving_default_images:0")
+                            INPUT_NAME: _tensor_info(input_shape, "serving_default_images:0")
                         },
-                        "outputs": {OUTPUT_NAME: _tensor_info(NUM_CLASSES, "Identity:0")},
+                        "outputs": {OUTPUT_NAME: _tensor_info((NUM_CLASSES,), "Identity:0")},
                         "method_name": "tensorflow/serving/predict",
                     }
                 }
@@ -74,8 +75,8 @@ def model_metadata(ref: ModelRef) -> dict[str, Any]:
     }
 
 
-def _tensor_info(width: int, name: str) -> dict[str, Any]:
-    dims = [{"size": "-1", "name": ""}, {"size": str(width), "name": ""}]
+def _tensor_info(shape: tuple[int, ...], name: str) -> dict[str, Any]:
+    dims = [{"size": str(size), "name": ""} for size in (-1, *shape)]
     return {
         "dtype": "DT_FLOAT",
         "tensor_shape": {"dim": dims, "unknown_rank": False},

@@ -120,7 +120,8 @@ def test_other_verbs_are_a_clear_error(served: TestClient, trained: Trained) -> 
 BAD = [
     (b'{"instances": [[0.0] * 784]}', "JSON Parse error"),
     (b"[1, 2]", "JSON object"),
-    (b'{"instances": [[0.5, 0.5]]}', "expected shape [N, 784] or [N, 28, 28], got [1, 2]"),
+    (b'{"instances": [[0.5, 0.5]]}',
+     "expected shape [N, 784], [N, 28, 28] or [N, 28, 28, 1], got [1, 2]"),
     (b'{"instances": [[NaN' + b", 0.0" * 783 + b"]]}", "finite"),
     (b'{"instances": [[255' + b", 0" * 783 + b"]]}", "in [0, 1]"),
     (b'{"instances": [["a"' + b", 0" * 783 + b"]]}", "numbers"),

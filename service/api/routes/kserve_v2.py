@@ -11,7 +11,7 @@ from service.api.deps import Name, Version
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep
 from service.serving import kserve_v2 as open_inference
-from service.serving.catalog import Catalog
+from service.serving.catalog import Catalog, ModelRef
 
 router = APIRouter(
     prefix="/v2",
@@ -51,15 +51,16 @@ def list_models(catalog: CatalogDep) -> dict[str, list[str]]:
 
 @router.get("/models/{name}")
 def model_metadata(catalog: CatalogDep, name: Name) -> dict[str, Any]:
-    """The model's version, its FP32 [-1, 784] input and its outputs."""
-    return open_inference.model_metadata(catalog.resolve(name))
+    """The model's version, its FP32 input in its own shape ([-1, 784], or [-1, 28, 28, 1]
+    for a convnet) and its outputs."""
+    return _metadata(catalog, catalog.resolve(name))
 
 
 @router.get("/models/{name}/versions/{version}")
 def version_metadata(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
     """One version's metadata; the version is the job id."""
     ref = catalog.resolve(name, version)
-    return open_inference.model_metadata(ref)
+    return _metadata(catalog, ref)
 
 
 @router.get("/models/{name}/ready")
@@ -80,7 +81,8 @@ def version_ready(catalog: CatalogDep, name: Name, version: Version) -> dict[str
 def infer(
     catalog: CatalogDep, name: Name, body: BodyDep, length: HeaderLength = None
 ) -> Response:
-    """Probabilities (and the digit when asked) for FP32 [N, 784] or [N, 28, 28] images."""
+    """Probabilities (and the digit when asked) for FP32 [N, 784], [N, 28, 28] or
+    [N, 28, 28, 1] images."""
     return _infer(catalog, body, length, name=name, version=None)
 
 
@@ -91,6 +93,10 @@ def version_infer(
 ) -> Response:
     """Inference with one version of the model; another version than its job id is a 404."""
     return _infer(catalog, body, length, name=name, version=version)
+
+
+def _metadata(catalog: Catalog, ref: ModelRef) -> dict[str, Any]:
+    return open_inference.model_metadata(ref, catalog.input_shape(ref))
 
 
 def _infer(

@@ -19,7 +19,7 @@ from service.api.errors import error_response
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep
 from service.serving import tfserving
-from service.serving.catalog import Catalog
+from service.serving.catalog import Catalog, ModelRef
 
 
 class _Segment(StringConvertor):
@@ -52,14 +52,15 @@ def version_status(catalog: CatalogDep, name: Name, version: Version) -> dict[st
 
 @router.get("/{name:segment}/metadata")
 def model_metadata(catalog: CatalogDep, name: Name) -> dict[str, Any]:
-    """The serving signature: images [-1, 784] DT_FLOAT in, probabilities [-1, 10] out."""
-    return tfserving.model_metadata(catalog.resolve(name))
+    """The serving signature: DT_FLOAT images in the model's own shape ([-1, 784], or
+    [-1, 28, 28, 1] for a convnet), probabilities [-1, 10] out."""
+    return _metadata(catalog, catalog.resolve(name))
 
 
 @router.get("/{name:segment}/versions/{version:segment}/metadata")
 def version_metadata(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
     """The serving signature of one version of the model."""
-    return tfserving.model_metadata(catalog.resolve(name, version))
+    return _metadata(catalog, catalog.resolve(name, version))
 
 
 @router.post("/{name:segment}:predict")
@@ -74,6 +75,10 @@ def version_predict(
 ) -> JSONResponse:
     """Predict with one version of the model; another version than its job id is a 404."""
     return _predict(catalog, body, name=name, version=version)
+
+
+def _metadata(catalog: Catalog, ref: ModelRef) -> dict[str, Any]:
+    return tfserving.model_metadata(ref, catalog.input_shape(ref))
 
 
 def _predict(catalog: Catalog, body: bytes, *, name: str, version: str | None) -> JSONResponse:
