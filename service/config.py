@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,15 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None,
         description="When set, every route but the health probes needs 'Bearer <token>'.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="GET /metrics answers without a token (for a Prometheus that has none).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text, or one JSON object per line (with job_id on a "
+        "worker's lines about a job).",
     )
     max_request_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, le=1024**3,

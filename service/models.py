@@ -188,6 +188,17 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class EventCounter(Base):
+    """A running total of one kind of event (lease expiries, hand-backs, loss rows written),
+    raised in the same transaction as the change it counts: exact whichever process made it,
+    and read by any API for GET /metrics (service/queue/counters.py)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
 class WorkerHeartbeat(Base):
     """One worker process that is, or was lately, alive: idle or training, each worker
     refreshes its row every heartbeat interval, so the API can tell whether any worker

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from service.config import Settings
 from service.db import Database, is_disk_full, is_transient
 from service.files import sweep_abandoned
+from service.observability.logs import configure_logging, job_context
 from service.queue import leases
 from service.queue.leases import Lease, LeaseLost
 from service.queue.sweeper import sweep_once
@@ -84,8 +85,9 @@ class Worker:
             lease = leases.claim_job(session=session, worker_id=self.worker_id)
         if lease is None:
             return False
-        log.info("job %s: claimed (lease %s)", lease.job_id, lease.token)
-        self.run_job(lease)
+        with job_context(lease.job_id):  # every line logged meanwhile carries the job id
+            log.info("job %s: claimed (lease %s)", lease.job_id, lease.token)
+            self.run_job(lease)
         return True
 
     def run_job(self, lease: Lease) -> Outcome | None:
@@ -154,8 +156,8 @@ def main(settings: Settings | None = None) -> None:
     from service.config import get_settings
     from service.migrate import upgrade
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = settings or get_settings()
+    configure_logging(settings.log_format)
     upgrade(settings.sqlalchemy_url)
     warm_up(settings)
     worker = Worker(settings)

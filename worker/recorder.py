@@ -4,6 +4,7 @@ around the compiled step (or the heartbeat thread), never held across a training
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -63,7 +64,9 @@ class Heartbeat:
         self.presence = presence
         self.lost = threading.Event()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        # In a copy of the job's context: its log lines carry the job id too.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                        name="heartbeat", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

@@ -11,17 +11,27 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from service.api import errors
-from service.api.middleware.auth import TokenAuth
+from service.api.middleware.auth import PUBLIC_PATHS, TokenAuth
 from service.api.middleware.limits import RequestLimits
 from service.api.middleware.security import BrowserSafety
-from service.api.routes import events, jobs, kserve_v2, metrics, predict, tfserving, ui
+from service.api.routes import (
+    events,
+    jobs,
+    kserve_v2,
+    metrics,
+    predict,
+    prometheus,
+    tfserving,
+    ui,
+)
 from service.config import Settings, get_settings
 from service.db import Database
+from service.observability.http import HttpMetrics
+from service.observability.metrics import ObservedCatalog, ServiceMetrics
 from service.queue import workers
 from service.queue.event_hub import EventHubs
 from service.queue.sweeper import sweep_forever
 from service.schemas import Readiness
-from service.serving.catalog import Catalog
 from service.serving.store import ModelStore
 
 ROUTERS = (
@@ -32,6 +42,7 @@ ROUTERS = (
     tfserving.router,
     kserve_v2.router,
     ui.router,
+    prometheus.router,
 )
 
 
@@ -59,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = Database(
         settings.sqlalchemy_url, busy_timeout=settings.sqlite_busy_timeout
     )
-    app.state.catalog = Catalog(
+    app.state.metrics = ServiceMetrics(app.state.database)
+    app.state.catalog = ObservedCatalog(
+        metrics=app.state.metrics,
         database=app.state.database,
         store=ModelStore(settings.models_dir, settings.model_cache_size),
     )
@@ -86,6 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added runs first: auth refuses a stranger before the limits read anything.
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
     if settings.api_token is not None:
-        app.add_middleware(TokenAuth, token=settings.api_token.get_secret_value())
-    app.add_middleware(BrowserSafety)  # outermost: its headers go on every answer, 401s too
+        public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
+        app.add_middleware(TokenAuth, token=settings.api_token.get_secret_value(),
+                           public_paths=public)
+    app.add_middleware(BrowserSafety)  # its headers go on every answer, 401s too
+    app.add_middleware(HttpMetrics, metrics=app.state.metrics)  # outermost: counts them all
     return app

@@ -21,24 +21,90 @@ COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict")
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
 
+# --layers: one comma-separated item per layer; each takes its own ':'-separated numbers.
+_SYNTAX = {
+    "dense": "UNITS[:ACTIVATION]", "conv2d": "conv:FILTERS:KERNEL[:STRIDES][:same][:ACTIVATION]",
+    "max_pool2d": "pool[:SIZE[:STRIDES]]", "avg_pool2d": "avgpool[:SIZE[:STRIDES]]",
+    "global_avg_pool2d": "gap", "flatten": "flatten", "dropout": "dropout:RATE",
+    "batch_norm": "batchnorm",
+}
+LAYER_SYNTAX = ", ".join(_SYNTAX.values())
+LAYER_EXAMPLE = "conv:32:3,pool:2,conv:64:3,pool:2,conv:128:3,flatten,10"
+_LAYER_NAMES = {
+    "dense": "dense", "conv": "conv2d", "conv2d": "conv2d", "pool": "max_pool2d",
+    "maxpool": "max_pool2d", "max_pool2d": "max_pool2d", "avgpool": "avg_pool2d",
+    "avg_pool2d": "avg_pool2d", "gap": "global_avg_pool2d",
+    "global_avg_pool2d": "global_avg_pool2d", "flatten": "flatten", "dropout": "dropout",
+    "batchnorm": "batch_norm", "batch_norm": "batch_norm", "bn": "batch_norm",
+}
+
+
 def layers(text: str) -> list[dict[str, Any]]:
-    """'512,10' or '256:tanh,10:softmax': units, and optionally an activation, per layer.
-    Without one, hidden layers are relu and the last is softmax."""
+    """'512,10', '256:tanh,10:softmax' (units, and optionally an activation, per dense layer)
+    or typed layers: 'conv:32:3,pool:2,conv:64:3,pool:2,conv:128:3,flatten,10'. Without an
+    activation, convs and hidden dense layers are relu and the last layer is softmax."""
     parts = [part.strip() for part in text.split(",")]
-    result = []
-    for i, part in enumerate(parts):
-        units, _, activation = part.partition(":")
-        if not units.isdecimal():
+    return [_layer(part, last=i == len(parts) - 1) for i, part in enumerate(parts)]
+
+
+def _layer(part: str, *, last: bool) -> dict[str, Any]:
+    name, *args = [token.strip() for token in part.split(":")]
+    if name.isdecimal():  # 512 or 256:tanh, the dense layers' own syntax
+        name, args = "dense", [name, *args]
+    kind = _LAYER_NAMES.get(name)
+    if kind is None:
+        raise argparse.ArgumentTypeError(
+            f"'{part}' is not a layer; each is one of {LAYER_SYNTAX} (e.g. 512,10 or "
+            f"{LAYER_EXAMPLE})"
+        )
+    numbers = [arg for arg in args if _is_number(arg)]
+    words = [arg for arg in args if not _is_number(arg)]
+    activation = [word for word in words if word not in ("same", "valid")]
+    for word in activation:
+        if word not in Activation.__members__:
             raise argparse.ArgumentTypeError(
-                f"'{text}' is not a list of layer sizes such as 512,10 (or 256:tanh,10)"
+                f"unknown activation '{word}' in '{part}'; choose from {', '.join(Activation)}"
             )
-        default = Activation.softmax if i == len(parts) - 1 else Activation.relu
-        if activation and activation not in Activation.__members__:
-            raise argparse.ArgumentTypeError(
-                f"unknown activation '{activation}'; choose from {', '.join(Activation)}"
-            )
-        result.append({"units": int(units), "activation": activation or default.value})
-    return result
+    wanted = {"dense": (1, 1), "conv2d": (2, 3), "max_pool2d": (0, 2), "avg_pool2d": (0, 2),
+              "dropout": (1, 1)}.get(kind, (0, 0))
+    takes_words = kind in ("dense", "conv2d")
+    if not wanted[0] <= len(numbers) <= wanted[1] or (words and not takes_words) or (
+        len(activation) > 1 or (kind == "dense" and len(words) > len(activation))
+    ):
+        raise argparse.ArgumentTypeError(f"'{part}': a {kind} layer is written {_SYNTAX[kind]}")
+    layer: dict[str, Any] = {} if kind == "dense" else {"type": kind}
+    if kind == "dense":
+        layer["units"] = _whole(numbers[0], part)
+    elif kind == "conv2d":
+        layer["filters"], layer["kernel_size"] = (_whole(n, part) for n in numbers[:2])
+        if len(numbers) == 3:
+            layer["strides"] = _whole(numbers[2], part)
+        if "same" in words or "valid" in words:
+            layer["padding"] = "same" if "same" in words else "valid"
+    elif kind in ("max_pool2d", "avg_pool2d"):
+        layer["pool_size"] = _whole(numbers[0], part) if numbers else 2
+        if len(numbers) == 2:
+            layer["strides"] = _whole(numbers[1], part)
+    elif kind == "dropout":
+        layer["rate"] = float(numbers[0])
+    if takes_words:
+        default = Activation.softmax if last and kind == "dense" else Activation.relu
+        layer["activation"] = activation[0] if activation else default.value
+    return layer
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _whole(token: str, part: str) -> int:
+    if not token.isdecimal():
+        raise argparse.ArgumentTypeError(f"'{token}' in '{part}' is not a whole number")
+    return int(token)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (argparse's type)
@@ -50,8 +116,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
     submit.add_argument("--lr", type=float, metavar="RATE", help="learning rate")
     submit.add_argument("--momentum", type=float, metavar="M", help="with --optimizer momentum")
     submit.add_argument(
-        "--layers", type=layers, metavar="UNITS,...",
-        help="units per layer, e.g. 512,10 (default) or 256:tanh,10",
+        "--layers", type=layers, metavar="LAYER,...",
+        help=f"units per dense layer, e.g. 512,10 (default) or 256:tanh,10; or typed layers, "
+        f"e.g. {LAYER_EXAMPLE} (each: {LAYER_SYNTAX})",
     )
     submit.add_argument("--implementation", choices=[i.value for i in Implementation])
     submit.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images")

@@ -27,10 +27,27 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def describe_layer(layer: dict[str, Any]) -> str:
+    """One layer in a few characters: '512', 'conv32x3', 'conv64x3/2', 'maxpool2', 'bn'."""
+    kind = layer.get("type", "dense")  # no type: dense, as the specs before typed layers
+    if kind == "dense":
+        return str(layer["units"])
+    if kind == "conv2d":
+        strides = layer.get("strides", 1)
+        return f"conv{layer['filters']}x{layer['kernel_size']}" + (
+            f"/{strides}" if strides != 1 else "")
+    if kind in ("max_pool2d", "avg_pool2d"):
+        return f"{kind[:3]}pool{layer['pool_size']}"
+    if kind == "dropout":
+        return f"dropout{layer['rate']:g}"
+    return {"global_avg_pool2d": "gap", "batch_norm": "bn"}.get(kind, kind)
+
+
 def describe_spec(spec: dict[str, Any]) -> str:
-    """'keras 512-10 · rmsprop lr 0.001 · 5 epochs of batch 128 · 60,000 images'."""
+    """'keras 512-10 · rmsprop lr 0.001 · 5 epochs of batch 128 · 60,000 images'; a convnet
+    is 'keras conv32x3-maxpool2-conv64x3-maxpool2-conv128x3-flatten-10 · ...'."""
     model, optimizer, dataset = spec["model"], spec["optimizer"], spec["dataset"]
-    layers = "-".join(str(layer["units"]) for layer in model["layers"])
+    layers = "-".join(describe_layer(layer) for layer in model["layers"])
     images = f"{dataset['train_limit']:,} images" if dataset.get("train_limit") else "all images"
     epochs = f"{spec['epochs']} epoch{'s' if spec['epochs'] != 1 else ''}"
     return (

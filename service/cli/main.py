@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from service.cli import commands as client_commands
 from service.config import get_settings
+from service.observability.logs import configure_logging
 
 log = logging.getLogger("tapefit")
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in client_commands.COMMANDS:
         return client_commands.run(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(get_settings().log_format)
     if args.command == "serve":
         return serve(host=args.host, port=args.port, workers=args.workers)
     if args.command == "worker":

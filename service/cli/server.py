@@ -124,6 +124,9 @@ def run_api(app: FastAPI, *, host: str, port: int, settings: Settings) -> None:
         host=host,
         port=port,
         log_level="info",
+        # JSON logs: uvicorn's loggers go to the root handler (service/observability/logs.py)
+        # instead of its own text handlers.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         http=protocol_with_head_timeout(settings.header_timeout),
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,

@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.models import Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
+from service.queue import counters
 from service.schemas import EpochRead, JobState, finite_or_none
 
 
@@ -136,6 +137,7 @@ def record_progress(
     if steps_per_second is not None:
         values["steps_per_second"] = steps_per_second
     _update_held(session, lease, **values)
+    counters.add(session=session, name=counters.LOSS_ROWS_WRITTEN, amount=len(rows))
     return bool(cancel)
 
 
@@ -187,6 +189,7 @@ def release_job(*, session: Session, lease: Lease) -> None:
     _update_held(
         session, lease, state=JobState.queued, worker_id=None, attempts=Job.attempts - 1
     )
+    counters.add(session=session, name=counters.HANDED_BACK)
 
 
 def heartbeat(*, session: Session, lease: Lease) -> None:

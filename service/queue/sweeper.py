@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from service.config import Settings
 from service.db import Database
-from service.queue import leases
+from service.queue import counters, leases
 from service.schemas import JobState
 
 log = logging.getLogger("tapefit.sweeper")
@@ -28,8 +28,13 @@ def sweep_once(database: Database, settings: Settings) -> list[tuple[int, JobSta
             lease_timeout=settings.lease_timeout,
             max_attempts=settings.max_attempts,
         )
+        failed = sum(state == JobState.failed for _, state in moved)
+        counters.add(session=session, name=counters.LEASE_EXPIRED_FAILED, amount=failed)
+        counters.add(session=session, name=counters.LEASE_EXPIRED_REQUEUED,
+                     amount=len(moved) - failed)
     for job_id, state in moved:
-        log.warning("job %s: its worker stopped heartbeating; now %s", job_id, state)
+        log.warning("job %s: its worker stopped heartbeating; now %s", job_id, state,
+                    extra={"job_id": job_id})
     return moved
 
 

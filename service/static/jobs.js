@@ -4,6 +4,15 @@ import { api } from "./api.js";
 import { FINAL, ago, badge, describeModel, describeTraining, fixed, h, parseLayers, percent } from "./ui.js";
 
 const OPTIMIZERS = ["rmsprop", "adam", "sgd", "momentum", "manual_sgd"];
+// The book's MNIST examples: chapter 2's dense net and chapter 8's convnet (99% in 5 epochs).
+const BOOK = { implementation: "keras", optimizer: "rmsprop", learning_rate: "0.001", epochs: "5" };
+const PRESETS = {
+  dense: { label: "Dense 512 → 10 (chapter 2)", fields: { ...BOOK, layers: "512, 10", batch_size: "128" } },
+  convnet: {
+    label: "Convnet (chapter 8)",
+    fields: { ...BOOK, layers: "conv:32:3, pool:2, conv:64:3, pool:2, conv:128:3, flatten, 10", batch_size: "64" },
+  },
+};
 const REFRESH_MS = 1500;
 
 function field(label, input, hint) {
@@ -15,7 +24,7 @@ function form() {
   const inputs = {
     layers: h("input", { name: "layers", value: "512, 10", autocomplete: "off", spellcheck: "false" }),
     implementation: h("select", { name: "implementation" },
-      h("option", { value: "keras" }, "Keras Dense"), h("option", { value: "naive" }, "NaiveDense (from scratch)")),
+      h("option", { value: "keras" }, "Keras layers"), h("option", { value: "naive" }, "NaiveDense (from scratch, dense only)")),
     optimizer: h("select", { name: "optimizer" }, OPTIMIZERS.map((o) => h("option", { value: o }, o))),
     learning_rate: h("input", { name: "learning_rate", type: "number", value: "0.001", step: "any", min: "0" }),
     epochs: h("input", { name: "epochs", type: "number", value: "5", min: "1", max: "100" }),
@@ -23,6 +32,14 @@ function form() {
     train_limit: h("input", { name: "train_limit", type: "number", min: "1", placeholder: "all" }),
     shuffle: h("input", { name: "shuffle", type: "checkbox", checked: true }),
   };
+  // A preset fills in the model and its training; editing the layers makes the form custom.
+  const preset = h("select", { name: "preset" },
+    h("option", { value: "" }, "Custom"),
+    Object.entries(PRESETS).map(([value, { label }]) => h("option", { value }, label)));
+  preset.addEventListener("change", () => {
+    for (const [name, value] of Object.entries(PRESETS[preset.value]?.fields ?? {})) inputs[name].value = value;
+  });
+  inputs.layers.addEventListener("input", () => { preset.value = ""; });
   const error = h("div", { class: "error", hidden: true });
   const button = h("button", { class: "button primary", type: "submit" }, "Start training");
 
@@ -59,8 +76,8 @@ function form() {
   return h("form", { class: "card job-form", onsubmit: submit, novalidate: true },
     h("div", { class: "card-head" }, h("h2", {}, "New training job")),
     h("p", { class: "muted small" }, "MNIST, trained batch by batch with GradientTape. Every field has the book's default."),
-    field("Layers", inputs.layers, "units per layer; the last is the 10 digits"),
-    field("Implementation", inputs.implementation),
+    field("Layers", inputs.layers, "dense units (512, 10), or conv:32:3, pool:2, avgpool:2, gap, flatten, dropout:0.5, batchnorm; the last is dense with the 10 digits"),
+    h("div", { class: "row" }, field("Preset", preset), field("Implementation", inputs.implementation)),
     h("div", { class: "row" }, field("Optimizer", inputs.optimizer), field("Learning rate", inputs.learning_rate)),
     h("div", { class: "row" }, field("Epochs", inputs.epochs), field("Batch size", inputs.batch_size)),
     field("Training images", inputs.train_limit, "the first N of 60,000; empty: all"),

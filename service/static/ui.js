@@ -44,8 +44,21 @@ export function duration(seconds) {
   return hours ? `${hours}:${pad(minutes)}:${pad(secs)}` : `${minutes}:${pad(secs)}`;
 }
 
+// One layer in a few characters, as the CLI's summary line: 512, conv32x3, maxpool2, bn.
+export function describeLayer(layer) {
+  const type = layer.type ?? "dense"; // no type: dense, as the specs before typed layers
+  if (type === "dense") return String(layer.units);
+  if (type === "conv2d") {
+    const strides = layer.strides ?? 1;
+    return `conv${layer.filters}x${layer.kernel_size}${strides === 1 ? "" : `/${strides}`}`;
+  }
+  if (type === "max_pool2d" || type === "avg_pool2d") return `${type.slice(0, 3)}pool${layer.pool_size}`;
+  if (type === "dropout") return `dropout${layer.rate}`;
+  return { global_avg_pool2d: "gap", batch_norm: "bn" }[type] ?? type;
+}
+
 export function describeModel(spec) {
-  const layers = spec.model.layers.map((l) => l.units).join("–");
+  const layers = spec.model.layers.map(describeLayer).join("–");
   return `${spec.model.implementation} ${layers}`;
 }
 
@@ -63,13 +76,59 @@ export function ago(iso) {
   return new Date(iso).toLocaleDateString();
 }
 
-// "512, 10" or "256:tanh, 10": layers for a job spec (hidden relu, last softmax by default).
+// How each layer is written in the form, as the CLI's --layers.
+const SYNTAX = {
+  dense: "UNITS[:ACTIVATION]", conv2d: "conv:FILTERS:KERNEL[:STRIDES][:same][:ACTIVATION]",
+  max_pool2d: "pool[:SIZE[:STRIDES]]", avg_pool2d: "avgpool[:SIZE[:STRIDES]]",
+  global_avg_pool2d: "gap", flatten: "flatten", dropout: "dropout:RATE", batch_norm: "batchnorm",
+};
+const LAYER_NAMES = {
+  dense: "dense", conv: "conv2d", conv2d: "conv2d", pool: "max_pool2d", maxpool: "max_pool2d",
+  max_pool2d: "max_pool2d", avgpool: "avg_pool2d", avg_pool2d: "avg_pool2d",
+  gap: "global_avg_pool2d", global_avg_pool2d: "global_avg_pool2d", flatten: "flatten",
+  dropout: "dropout", batchnorm: "batch_norm", batch_norm: "batch_norm", bn: "batch_norm",
+};
+// How many numbers each layer takes (the rest are words: an activation, a padding).
+const NUMBERS = { dense: [1, 1], conv2d: [2, 3], max_pool2d: [0, 2], avg_pool2d: [0, 2], dropout: [1, 1] };
+
+// "512, 10", "256:tanh, 10" or "conv:32:3, pool:2, flatten, 10": layers for a job spec
+// (convs and hidden dense layers relu, the last softmax by default).
 export function parseLayers(text) {
   const parts = text.split(",").map((p) => p.trim()).filter(Boolean);
-  if (!parts.length) throw new Error("layers: give the units per layer, e.g. 512, 10");
-  return parts.map((part, i) => {
-    const [units, activation] = part.split(":").map((p) => p.trim());
-    if (!/^\d+$/.test(units)) throw new Error(`layers: '${part}' is not a number of units`);
-    return { units: Number(units), activation: activation || (i === parts.length - 1 ? "softmax" : "relu") };
-  });
+  if (!parts.length) throw new Error("layers: give the layers, e.g. 512, 10");
+  return parts.map((part, i) => parseLayer(part, i === parts.length - 1));
+}
+
+function parseLayer(part, last) {
+  let [name, ...args] = part.split(":").map((p) => p.trim());
+  if (/^\d+$/.test(name)) [name, args] = ["dense", [name, ...args]];
+  const type = LAYER_NAMES[name];
+  if (!type) throw new Error(`layers: '${part}' is not a layer; each is one of ${Object.values(SYNTAX).join(", ")}`);
+  const isNumber = (a) => a !== "" && !Number.isNaN(Number(a));
+  const numbers = args.filter(isNumber);
+  const words = args.filter((a) => !isNumber(a));
+  const activations = words.filter((w) => w !== "same" && w !== "valid");
+  const [min, max] = NUMBERS[type] ?? [0, 0];
+  const takesWords = type === "dense" || type === "conv2d";
+  if (numbers.length < min || numbers.length > max || (words.length && !takesWords)
+      || activations.length > 1 || (type === "dense" && words.length > activations.length)) {
+    throw new Error(`layers: '${part}': a ${type} layer is written ${SYNTAX[type]}`);
+  }
+  const whole = (n) => {
+    if (!/^\d+$/.test(n)) throw new Error(`layers: '${n}' in '${part}' is not a whole number`);
+    return Number(n);
+  };
+  const layer = type === "dense" ? { units: whole(numbers[0]) } : { type };
+  if (type === "conv2d") {
+    [layer.filters, layer.kernel_size] = numbers.slice(0, 2).map(whole);
+    if (numbers.length === 3) layer.strides = whole(numbers[2]);
+    if (words.includes("same") || words.includes("valid")) layer.padding = words.includes("same") ? "same" : "valid";
+  } else if (type === "max_pool2d" || type === "avg_pool2d") {
+    layer.pool_size = numbers.length ? whole(numbers[0]) : 2;
+    if (numbers.length === 2) layer.strides = whole(numbers[1]);
+  } else if (type === "dropout") {
+    layer.rate = Number(numbers[0]);
+  }
+  if (takesWords) layer.activation = activations[0] || (last && type === "dense" ? "softmax" : "relu");
+  return layer;
 }

@@ -108,8 +108,11 @@ def test_a_cancelled_job_ends_follow_with_a_non_zero_exit(url: str) -> None:
      (["submit", "--epochs", "0"], 1,
       "tapefit: epochs: Input should be greater than or equal to 1"),
      (["submit", "--layers", "32,11"], 1,
-      "tapefit: model.layers: Value error, the last layer must have 10 units (one per digit), "
-      "got 11"),
+      "tapefit: model.layers: Value error, the last layer must be dense with 10 units (one per "
+      "class), got 11 units"),
+     (["submit", "--layers", "32,conv:8:3,10"], 1,
+      "tapefit: model.layers: Value error, layers[1] (conv2d): needs an image input (height, "
+      "width, channels), got the flat (32,)"),
      (["submit", "--epochs", "two"], 2,
       "tapefit submit: argument --epochs: invalid int value: 'two' (see tapefit submit --help)"),
      (["predict", "best", "missing.png"], 2, "tapefit: no such file: missing.png"),

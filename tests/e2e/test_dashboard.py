@@ -102,3 +102,46 @@ def test_submit_watch_and_draw(browser: object, tmp_path: Path) -> None:
         finally:
             page.close()  # closes the event streams before the server stops
         assert problems == []
+
+
+def test_the_convnet_preset_trains_a_convnet_that_reads_the_pad(
+    browser: object, tmp_path: Path
+) -> None:
+    with run_server(tmp_path, workers=1) as client:
+        base = str(client.base_url)
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+        try:
+            page.goto(base + "/")
+            form = page.locator("form.job-form")
+            form.locator("select[name=preset]").select_option("convnet")
+            assert form.locator("input[name=layers]").input_value() == (
+                "conv:32:3, pool:2, conv:64:3, pool:2, conv:128:3, flatten, 10")
+            assert form.locator("input[name=batch_size]").input_value() == "64"
+            form.locator("input[name=epochs]").fill("1")
+            form.locator("input[name=train_limit]").fill("1000")
+            form.get_by_role("button", name="Start training").click()
+
+            page.wait_for_url("**/#/jobs/1")
+            page.wait_for_selector(".state-box .badge.succeeded", timeout=120_000)
+            assert "keras conv32x3–maxpool2–conv64x3–maxpool2–conv128x3–flatten–10" in (
+                page.locator("body").inner_text())
+            job = client.get("/jobs/1").json()
+            assert [layer["type"] for layer in job["spec"]["model"]["layers"]] == [
+                "conv2d", "max_pool2d", "conv2d", "max_pool2d", "conv2d", "flatten", "dense"]
+            draw_a_seven(page)  # the pad's PNG, read by the convnet
+            page.wait_for_selector(".predictor[data-digit]")
+            assert page.locator(".guess-text").inner_text().endswith("% sure")
+            shot(page, tmp_path, "convnet")
+
+            # Editing the layers makes the form custom again.
+            page.goto(base + "/#/")
+            form = page.locator("form.job-form")
+            form.locator("select[name=preset]").select_option("convnet")
+            form.locator("input[name=layers]").fill("conv:8:3, flatten, 10")
+            assert form.locator("select[name=preset]").input_value() == ""
+        finally:
+            page.close()
+        assert problems == []

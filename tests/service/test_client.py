@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from service.cli import client as client_module
 from service.cli.client import ApiError, Client, parse_sse
 from service.cli.commands import layers, spec_from
-from service.cli.console import ProgressView, duration, jobs_table
+from service.cli.console import ProgressView, describe_spec, duration, jobs_table
 from service.cli.main import _parser
 
 JOB = {
@@ -126,14 +127,60 @@ def test_an_unreachable_server_is_named() -> None:
     assert lost.value.status is None
 
 
+CONVNET_FLAG = "conv:32:3,pool:2,conv:64:3,pool:2,conv:128:3,flatten,dense:10"
+CONVNET = [  # the book's chapter-8 convnet, as the API reads it
+    {"type": "conv2d", "filters": 32, "kernel_size": 3, "activation": "relu"},
+    {"type": "max_pool2d", "pool_size": 2},
+    {"type": "conv2d", "filters": 64, "kernel_size": 3, "activation": "relu"},
+    {"type": "max_pool2d", "pool_size": 2},
+    {"type": "conv2d", "filters": 128, "kernel_size": 3, "activation": "relu"},
+    {"type": "flatten"},
+    {"units": 10, "activation": "softmax"},
+]
+
+
 def test_layers_flag() -> None:
+    # Dense layers mean what they always meant.
     assert layers("512,10") == [{"units": 512, "activation": "relu"},
                                 {"units": 10, "activation": "softmax"}]
     assert layers("256:tanh, 10:linear") == [{"units": 256, "activation": "tanh"},
                                              {"units": 10, "activation": "linear"}]
-    for bad in ("", "a,10", "256:swish,10", "1.5,10"):
-        with pytest.raises(Exception, match="layer sizes|unknown activation"):
+    assert layers(CONVNET_FLAG) == CONVNET
+    assert layers(CONVNET_FLAG.replace("dense:10", "10")) == CONVNET
+    assert layers("conv:16:5:2:same:tanh, bn, avgpool:3:1, gap, dropout:0.25, pool, 10:linear") == [
+        {"type": "conv2d", "filters": 16, "kernel_size": 5, "strides": 2, "padding": "same",
+         "activation": "tanh"},
+        {"type": "batch_norm"},
+        {"type": "avg_pool2d", "pool_size": 3, "strides": 1},
+        {"type": "global_avg_pool2d"},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"units": 10, "activation": "linear"},
+    ]
+    for bad, says in [("", "'' is not a layer"), ("a,10", "'a' is not a layer"),
+                      ("1.5,10", "'1.5' is not a layer"),
+                      ("256:swish,10", "unknown activation 'swish'"),
+                      ("conv:32,10", "'conv:32': a conv2d layer is written conv:FILTERS:KERNEL"),
+                      ("dropout,10", "a dropout layer is written dropout:RATE"),
+                      ("pool:2:same,10", "a max_pool2d layer is written pool[:SIZE[:STRIDES]]"),
+                      ("flatten:2,10", "a flatten layer is written flatten"),
+                      ("conv:32:2.5,10", "'2.5' in 'conv:32:2.5' is not a whole number")]:
+        with pytest.raises(Exception, match=re.escape(says)):
             layers(bad)
+
+
+def test_the_summary_line_names_the_architecture() -> None:
+    spec = {**JOB["spec"], "model": {"implementation": "keras", "layers": CONVNET}}
+    assert describe_spec(spec).startswith(
+        "keras conv32x3-maxpool2-conv64x3-maxpool2-conv128x3-flatten-10 · adam lr 0.001"
+    )
+    other = [{"type": "conv2d", "filters": 8, "kernel_size": 5, "strides": 2},
+             {"type": "batch_norm"}, {"type": "avg_pool2d", "pool_size": 2},
+             {"type": "global_avg_pool2d"}, {"type": "dropout", "rate": 0.5},
+             {"type": "dense", "units": 10}]
+    assert describe_spec({**spec, "model": {"implementation": "keras", "layers": other}}) \
+        .startswith("keras conv8x5/2-bn-avgpool2-gap-dropout0.5-10 · ")
+    assert describe_spec(JOB["spec"]).startswith("keras 32-10 · ")  # no type: dense
 
 
 def test_submit_flags_make_a_spec_with_only_what_was_given() -> None:

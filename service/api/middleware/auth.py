@@ -24,12 +24,15 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/
 class TokenAuth:
     """Refuses requests without the token with 401 and a WWW-Authenticate challenge."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str, public_paths: frozenset[str] = PUBLIC_PATHS
+    ) -> None:
         self.app = app
         self._token = token.encode()
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
