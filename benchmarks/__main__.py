@@ -1,6 +1,7 @@
 """`tapefit bench` (`python -m benchmarks`): measure everything in one run, print a table.
 
-    tapefit bench [--mnist PATH] [--epochs 3] [--skip-serving]
+    tapefit bench [--mnist PATH] [--epochs 3] [--skip-serving] [--skip-queue]
+    tapefit bench queue --simulated-workers N --seconds S [--json]   (benchmarks/queue.py)
 
 Ratios are measured in one process run against each other, so they hold on a noisy machine
 better than the absolute seconds do.
@@ -23,7 +24,31 @@ def _row(what: str, figure: str, target: str, met: bool | None) -> str:
     return f"| {what} | {figure} | {target} | {verdict} |"
 
 
+def _queue_rows() -> list[str]:
+    """The queue under 100 simulated workers at 200 steps/s each, on a scratch database of
+    the configured kind (TAPEFIT_DATABASE_URL: PostgreSQL is what the aim is for)."""
+    from benchmarks.queue import bench_queue
+
+    queue = bench_queue(workers=100, seconds=10, processes=2, step_seconds=0.005)
+    where = f"{queue.database}, {queue.workers} simulated workers at 200 steps/s each"
+    return [
+        _row(f"queue ({where}): loss rows written per second", f"{queue.rows_per_second:,}",
+             "≥ 20,000", queue.rows_per_second >= 20_000),
+        _row("queue: a claim, p50 / p99", f"{queue.claim_p50_ms:.0f} / {queue.claim_p99_ms:.0f} ms",
+             "p99 < 100 ms", queue.claim_p99_ms < 100),
+        _row("queue: a heartbeat, p99 / a group of rows, p50", f"{queue.heartbeat_p99_ms:.0f} / "
+             f"{queue.flush_p50_ms:.0f} ms", "", None),
+        _row("queue: rows read back twice / lost", f"{queue.duplicates} / {queue.lost}", "0 / 0",
+             queue.duplicates == queue.lost == 0),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["queue"]:  # the queue alone: no TensorFlow, no MNIST
+        from benchmarks.queue import main as bench_queue_main
+
+        return bench_queue_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tapefit bench", description=__doc__)
     parser.add_argument("--mnist", type=Path, default=os.environ.get("TAPEFIT_MNIST_PATH"),
                         help="the full MNIST (.npz or IDX folder); default TAPEFIT_MNIST_PATH")
@@ -31,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="interleaved runs of each compared loop (the fastest counts)")
     parser.add_argument("--skip-serving", action="store_true", help="training figures only")
+    parser.add_argument("--convnet-epochs", type=int, default=2,
+                        help="epochs of the chapter-8 convnet figure, the first tracing; 0 "
+                        "leaves it out (an epoch of the full MNIST takes ~20 s on two cores)")
+    parser.add_argument("--skip-queue", action="store_true",
+                        help="leave out the queue under 100 simulated workers (`tapefit bench "
+                        "queue` runs it alone)")
     args = parser.parse_args(argv)
     if args.mnist is None:
         print("tapefit bench: set TAPEFIT_MNIST_PATH or pass --mnist", file=sys.stderr)
@@ -39,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.service import bench_service
     from benchmarks.serving import bench_serving
     from benchmarks.streams import bench_streams
-    from benchmarks.training import bench_training
+    from benchmarks.training import bench_convnet, bench_training
     from worker.data import DataError, load_mnist
 
     try:
@@ -65,6 +96,16 @@ def main(argv: list[str] | None = None) -> int:
              f"{training.eager_ratio:.2f} ({training.naive_compiled_epoch_s:.2f} s vs "
              f"{training.naive_eager_epoch_s:.2f} s)", "", None),
     ]
+    if args.convnet_epochs:
+        convnet = bench_convnet(data, epochs=args.convnet_epochs)
+        rows += [
+            _row("chapter-8 convnet, batch 64: service loop, s/epoch (every loss written)",
+                 f"{convnet.service_epoch_s:.2f}", "", None),
+            _row("the same convnet: model.fit, s/epoch", f"{convnet.model_fit_epoch_s:.2f}",
+                 "", None),
+            _row("convnet: service loop / model.fit", f"{convnet.fit_ratio:.2f}", "≤ 0.90",
+                 convnet.fit_ratio <= 0.9),
+        ]
     if not args.skip_serving:
         with tempfile.TemporaryDirectory() as folder:
             service = bench_service(args.mnist, Path(folder))
@@ -102,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             _row("API memory with them (peak)", f"{streams.api_peak_rss_mb:.0f} MB", "< 600 MB",
                  streams.api_peak_rss_mb < 600),
         ]
+    if not args.skip_queue:
+        rows += _queue_rows()
     print("| figure | measured | target | met |\n|---|---|---|---|")
     print("\n".join(rows))
     return 0

@@ -48,14 +48,18 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
-    """An engine for `url`, with the SQLite settings above when it is SQLite."""
+def make_engine(
+    url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S, pool_size: int | None = None
+) -> Engine:
+    """An engine for `url`, with the SQLite settings above when it is SQLite. `pool_size`
+    bounds its connections (threads beyond it wait for one); None: SQLAlchemy's default."""
+    pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": busy_timeout})
+        engine = create_engine(url, connect_args={"timeout": busy_timeout}, **pool)
         _configure_sqlite(engine, busy_timeout)
         return engine
     # pool_pre_ping: a worker idle for hours must not fail on a connection the server closed.
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 # PostgreSQL's SQLSTATE disk_full: "could not extend file", "could not write to file" with
@@ -102,9 +106,12 @@ def is_transient(exc: OperationalError) -> bool:
 class Database:
     """One engine and its two kinds of session: read and write."""
 
-    def __init__(self, url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_S,
+        pool_size: int | None = None,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url, busy_timeout=busy_timeout)
+        self.engine = make_engine(url, busy_timeout=busy_timeout, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         writer = self.engine.execution_options(sqlite_immediate=True)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
