@@ -91,6 +91,21 @@ class Settings(BaseSettings):
         default=2, ge=1, le=64,
         description="Image uploads decoded at once; past it one waits 2 s, then gets 503.",
     )
+    max_dataset_bytes: int = Field(
+        default=200 * 1000 * 1000, ge=1024, le=64 * 1024**3,
+        description="The largest dataset upload (POST /datasets); larger ones get 413.",
+    )
+    max_dataset_unpacked_bytes: int = Field(
+        default=1024**3, ge=1024 * 1024, le=256 * 1024**3,
+        description="The most a dataset may unpack to: a zip's or npz's members as declared, "
+        "and the decoded arrays; past it 413 before anything is extracted.",
+    )
+    max_dataset_entries: int = Field(
+        default=100_000, ge=1, le=10_000_000,
+        description="The most entries a dataset's zip (or npz) may hold; past it 413, "
+        "counted before anything is extracted.",
+    )
+
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -110,6 +125,11 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """A worker's cache of uploaded datasets, by sha256 (the database holds them)."""
+        return self.data_dir / "datasets"
 
 
 @lru_cache

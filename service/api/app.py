@@ -15,6 +15,7 @@ from service.api.middleware.auth import PUBLIC_PATHS, TokenAuth
 from service.api.middleware.limits import RequestLimits
 from service.api.middleware.security import BrowserSafety
 from service.api.routes import (
+    datasets,
     events,
     jobs,
     kserve_v2,
@@ -25,6 +26,7 @@ from service.api.routes import (
     ui,
 )
 from service.config import Settings, get_settings
+from service.datasets.upload import FORM_OVERHEAD as DATASET_FORM_OVERHEAD
 from service.db import Database
 from service.observability.http import HttpMetrics
 from service.observability.metrics import ObservedCatalog, ServiceMetrics
@@ -42,6 +44,7 @@ ROUTERS = (
     tfserving.router,
     kserve_v2.router,
     ui.router,
+    datasets.router,
     prometheus.router,
 )
 
@@ -97,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app, ROUTERS)
     # The last added runs first: auth refuses a stranger before the limits read anything.
-    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes, uploads={
+        "/datasets": settings.max_dataset_bytes + DATASET_FORM_OVERHEAD})
     if settings.api_token is not None:
         public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
         app.add_middleware(TokenAuth, token=settings.api_token.get_secret_value(),

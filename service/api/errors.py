@@ -26,6 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.responses import allowed_methods, is_protocol_path
 from service.api.serving_deps import BodyTooLarge
+from service.datasets.errors import (
+    DatasetConflict,
+    DatasetError,
+    DatasetNotFound,
+    DatasetTooLarge,
+    NotMultipart,
+)
 from service.db import is_disk_full, is_transient
 from service.files import DiskFull
 from service.queue.event_hub import RETRY_AFTER_S, StreamsFull
@@ -61,6 +68,11 @@ TABLE: dict[type[Exception], Answer] = {
     ImageTooLarge: Answer(413, 413),
     BodyTooLarge: Answer(413, 413),
     StreamsFull: Answer(503, 503, retry_after=RETRY_AFTER_S),
+    DatasetError: Answer(422, 422, field="file"),
+    DatasetTooLarge: Answer(413, 413),
+    NotMultipart: Answer(415, 415),
+    DatasetNotFound: Answer(404, 404),
+    DatasetConflict: Answer(409, 409),
     # Waiting frees no space: no Retry-After, so clients are told what is wrong instead.
     DiskFull: Answer(507, 507, message=DISK_FULL),
 }

@@ -12,6 +12,8 @@ EXCLUDED_CHECKS = {
     # refused with a 422 naming the rule, so "valid data is accepted" cannot hold there.
     "POST /jobs": ["positive_data_acceptance"],
     "POST /jobs/{job_id}/predict": ["positive_data_acceptance"],
+    # A dataset's bytes must be an .npz, a CSV or a zip of images that hold a dataset.
+    "POST /datasets": ["positive_data_acceptance"],
     # No worker runs here, so readiness is a 503 (as it declares), which is the point of it.
     "GET /readyz": ["not_a_server_error"],
 }

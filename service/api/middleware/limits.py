@@ -27,9 +27,13 @@ class _TooLarge(Exception):
 class RequestLimits:
     """413 for bodies over `max_bytes`, 415 for media types no route reads."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, *, uploads: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Paths that take larger bodies (dataset uploads, streamed to disk): their own limit.
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,8 +49,9 @@ class RequestLimits:
                           "send the body as application/json (or multipart/form-data for "
                           "an image, application/octet-stream for binary tensors)")
             return
-        if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
-            await _refuse(scope, receive, send, 413, self._message())
+        max_bytes = self.uploads.get(scope["path"], self.max_bytes)
+        if length is not None and length.strip().isdigit() and int(length) > max_bytes:
+            await _refuse(scope, receive, send, 413, self._message(max_bytes))
             return
 
         received = 0
@@ -57,7 +62,7 @@ class RequestLimits:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = True
                     raise _TooLarge
             return message
@@ -73,10 +78,10 @@ class RequestLimits:
         except _TooLarge:
             pass
         if too_large:
-            await _refuse(scope, receive, send, 413, self._message())
+            await _refuse(scope, receive, send, 413, self._message(max_bytes))
 
-    def _message(self) -> str:
-        return f"the request body is over the limit of {self.max_bytes:,} bytes"
+    def _message(self, max_bytes: int) -> str:
+        return f"the request body is over the limit of {max_bytes:,} bytes"
 
 
 def _accepted(content_type: bytes) -> bool:

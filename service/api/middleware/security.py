@@ -10,7 +10,8 @@ when it comes from another site:
   proxy). curl, httpx and tritonclient send neither header and are not affected.
 - 415 for the media types a page can send to another site without asking (a form's
   urlencoded, multipart and text/plain) where a route reads JSON, even with no body at all:
-  the only multipart a route reads is an image for `/jobs/{id}/predict`. The TF Serving and
+  the only multipart a route reads is an image for `/jobs/{id}/predict`, and a dataset for
+  `/datasets`. The TF Serving and
   KServe paths are left to the Origin check: their clients post JSON as `curl -d` does, as a
   form.
 
@@ -39,7 +40,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_TYPES = frozenset(
     {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
 )
-_UPLOAD_PATH = re.compile(r"/jobs/[^/]+/predict")
+_UPLOAD_PATH = re.compile(r"/jobs/[^/]+/predict|/datasets")
 
 POLICY = (
     "default-src 'self'; base-uri 'none'; object-src 'none'; form-action 'self'; "
@@ -129,7 +130,8 @@ def _form_where_json(path: str, headers: Headers) -> tuple[int, str] | None:
     if media_type == "multipart/form-data" and _UPLOAD_PATH.fullmatch(path):
         return None
     return 415, (f"a {media_type} request is refused here: send application/json (a form "
-                 "is accepted only for an image to /jobs/{id}/predict)")
+                 "is accepted only for an image to /jobs/{id}/predict and a dataset to "
+                 "/datasets)")
 
 
 def _with_headers(send: Send, policy: str) -> Send:
