@@ -1,5 +1,6 @@
-"""Training figures: the service's fit loop against Keras's model.fit, the cost of writing
-every batch's loss, and the compiled step against the book's eager one.
+"""Training figures: the service's fit loop against Keras's model.fit (the default dense job
+and the book's chapter-8 convnet), the cost of writing every batch's loss, and the compiled
+step against the book's eager one.
 
 All in one process, on the same data, model and batch size, so the ratios are fair even on
 a noisy machine; each figure is the median of the epochs after the first (which traces).
@@ -49,6 +50,31 @@ class TrainingFigures:
     @property
     def eager_ratio(self) -> float:
         return self.naive_compiled_epoch_s / self.naive_eager_epoch_s
+
+
+# Deep Learning with Python, chapter 8: the MNIST convnet, rmsprop at 1e-3, batch 64.
+CONVNET = JobSpec.model_validate({
+    "model": {"layers": [
+        {"type": "conv2d", "filters": 32, "kernel_size": 3},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 64, "kernel_size": 3},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 128, "kernel_size": 3},
+        {"type": "flatten"},
+        {"units": 10, "activation": "softmax"},
+    ]},
+    "batch_size": 64,
+})
+
+
+@dataclass
+class ConvnetFigures:
+    service_epoch_s: float  # the service's loop, writing every batch's loss to SQLite
+    model_fit_epoch_s: float  # keras model.fit on the same network, data and batch size
+
+    @property
+    def fit_ratio(self) -> float:
+        return self.service_epoch_s / self.model_fit_epoch_s
 
 
 class _Timed:
@@ -104,14 +130,12 @@ def service_loop(data: Mnist, spec: JobSpec, *, write: bool) -> tuple[float, flo
 
 
 def keras_fit(data: Mnist, spec: JobSpec) -> float:
-    """Seconds per epoch of model.fit on the same model, with the test set as validation
-    data so both sides evaluate it every epoch."""
+    """Seconds per epoch of model.fit on the same network the worker builds, fed the images
+    in its input shape, with the test set as validation data so both sides evaluate it every
+    epoch."""
     keras.utils.set_random_seed(spec.seed)
-    model = keras.Sequential(
-        [keras.Input((784,))]
-        + [keras.layers.Dense(layer.units, activation=layer.activation.value)
-           for layer in spec.model.layers]
-    )
+    built = build_model(spec.model, seed=spec.seed)
+    model = built.network
     model.compile(optimizer=keras.optimizers.RMSprop(spec.optimizer.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     seconds: list[float] = []
@@ -123,8 +147,10 @@ def keras_fit(data: Mnist, spec: JobSpec) -> float:
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             seconds.append(time.perf_counter() - self.started)
 
-    model.fit(data.x_train, data.y_train, epochs=spec.epochs, batch_size=spec.batch_size,
-              validation_data=(data.x_test, data.y_test), verbose=0, callbacks=[EpochTimer()])
+    shape = (-1, *built.input_shape)  # views of the flat rows: (N, 784) or (N, 28, 28, 1)
+    model.fit(data.x_train.reshape(shape), data.y_train, epochs=spec.epochs,
+              batch_size=spec.batch_size, verbose=0, callbacks=[EpochTimer()],
+              validation_data=(data.x_test.reshape(shape), data.y_test))
     return _median_after_first(seconds)
 
 
@@ -170,3 +196,12 @@ def bench_training(data: Mnist, *, epochs: int = 3, rounds: int = 2) -> Training
         naive_compiled_epoch_s=service_loop(no_eval, naive, write=False)[0],
         naive_eager_epoch_s=naive_eager(data, naive, epochs),
     )
+
+
+def bench_convnet(data: Mnist, *, epochs: int = 2) -> ConvnetFigures:
+    """The chapter-8 convnet: the service's loop (every batch's loss written to SQLite)
+    against model.fit on the same network, one run each (an epoch takes tens of seconds on
+    two cores); each figure is its epochs after the first, which traces."""
+    spec = CONVNET.model_copy(update={"epochs": epochs})
+    service, _ = service_loop(data, spec, write=True)
+    return ConvnetFigures(service_epoch_s=service, model_fit_epoch_s=keras_fit(data, spec))
