@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         default=8, ge=1, le=1_000, description="Trained models the API keeps loaded."
     )
+    study_interval: float = Field(
+        default=1.0, gt=0, le=300,
+        description="Seconds between the API's passes over the running studies (asking for "
+        "their next trials); workers also drive a study as each trial of it ends.",
+    )
     max_streams: int = Field(
         default=500, ge=1, le=100_000,
         description="Event streams (GET /jobs/{id}/events) open at once; past it 503.",

@@ -113,6 +113,11 @@ class Job(Base):
     owner: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
     # Higher first, among its owner's queued jobs (the claim is fair between owners first).
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A study's trial: the study and its trial number (service/studies/).
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
+    trial: Mapped[int | None] = mapped_column(Integer)
+    # The epoch (from 1) after which early stopping ended the job.
+    stopped_early_at_epoch: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         # The claim looks for the oldest queued job; the list filters by state.
@@ -154,6 +159,9 @@ class EpochSummary(Base):
     test_loss: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    # On the held-out part of the training set (validation_split); None without one.
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
 
 
 class Artifact(Base):
@@ -255,4 +263,45 @@ class DatasetChunk(Base):
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Study(Base):
+    """A hyperparameter search (service/studies/): its spec, and its state machine
+    (running -> succeeded | cancelled). Its trials are jobs; Optuna's view of them is in
+    `study_trials`, so the database holds everything a driver needs after any restart."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Raised by every driver pass that changes the study: a pass commits only if the
+    # revision it read is still current, so one driver acts on a study at a time.
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_studies_state_id", "state", "id"),)
+
+
+class StudyTrial(Base):
+    """One trial of a study as Optuna sees it: its params, its state and value once told,
+    and the attributes its sampler and pruner keep (grid point, ASHA rungs)."""
+
+    __tablename__ = "study_trials"
+
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    state: Mapped[str] = mapped_column(String(16), default="running")  # Optuna's trial state
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    system_attrs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -73,13 +73,16 @@ class JobState(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    pruned = "pruned"  # a study's trial stopped early by its pruner; its rows and model kept
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+FINAL_STATES = frozenset(
+    {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.pruned}
+)
 
 
 def _default_layers() -> list[Layer]:
@@ -111,11 +114,74 @@ class ModelSpec(Strict):
         return layers
 
 
+MAX_DECAY_STEPS = 10_000_000
+MAX_SCHEDULE_BOUNDARIES = 32
+
+
+class ConstantSchedule(Strict):
+    """The learning rate stays `optimizer.learning_rate`."""
+
+    type: Literal["constant"] = "constant"
+
+
+class ExponentialSchedule(Strict):
+    """Keras' ExponentialDecay: learning_rate * decay_rate ** (step / decay_steps)."""
+
+    type: Literal["exponential"]
+    decay_steps: Int = Field(ge=1, le=MAX_DECAY_STEPS)
+    decay_rate: Float = Field(gt=0, le=1)
+
+
+class CosineSchedule(Strict):
+    """Keras' CosineDecay: from learning_rate down to alpha * learning_rate over decay_steps."""
+
+    type: Literal["cosine"]
+    decay_steps: Int = Field(ge=1, le=MAX_DECAY_STEPS)
+    alpha: Float = Field(default=0.0, ge=0, le=1)
+
+
+class StepSchedule(Strict):
+    """Keras' PiecewiseConstantDecay: values[i] until step boundaries[i], then the next."""
+
+    type: Literal["step"]
+    boundaries: list[Int] = Field(min_length=1, max_length=MAX_SCHEDULE_BOUNDARIES)
+    values: list[Annotated[Float, Field(gt=0, le=MAX_LEARNING_RATE)]] = Field(
+        min_length=2, max_length=MAX_SCHEDULE_BOUNDARIES + 1
+    )
+
+    @model_validator(mode="after")
+    def _one_more_value_than_boundaries(self) -> StepSchedule:
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError(
+                f"values needs one more entry than boundaries ({len(self.boundaries) + 1}), "
+                f"got {len(self.values)}"
+            )
+        if any(b < 1 for b in self.boundaries) or any(
+            a >= b for a, b in zip(self.boundaries, self.boundaries[1:], strict=False)
+        ):
+            raise ValueError("boundaries must be positive steps in increasing order")
+        return self
+
+
+Schedule = Annotated[
+    ConstantSchedule | ExponentialSchedule | CosineSchedule | StepSchedule,
+    Field(discriminator="type"),
+]
+
+
 class OptimizerSpec(Strict):
     name: OptimizerName = OptimizerName.rmsprop
     learning_rate: Float = Field(default=0.001, gt=0, le=MAX_LEARNING_RATE)
     momentum: Float | None = Field(
         default=None, ge=0, lt=1, description="Only for `momentum`; defaults to 0.9 there."
+    )
+    schedule: Schedule = Field(
+        default_factory=ConstantSchedule,
+        description="how the learning rate changes with the step (Keras' own schedules)",
+    )
+    clipnorm: Float | None = Field(
+        default=None, gt=0, le=1e6,
+        description="clip each gradient to this L2 norm before the update",
     )
 
     @model_validator(mode="after")
@@ -136,6 +202,29 @@ class DatasetSpec(Strict):
     test_limit: Int | None = Field(default=None, ge=1, le=10_000)
 
 
+class EarlyStoppingSpec(Strict):
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+
+    monitor: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
+    patience: Int = Field(default=3, ge=0, le=MAX_EPOCHS)
+    min_delta: Float = Field(default=0.0, ge=0, le=1_000)
+    restore_best_weights: Bool = Field(
+        default=False,
+        description="end with the best epoch's weights: its test figures and exported model",
+    )
+
+    def improves(self, value: float | None, best: float | None) -> bool:
+        """Whether `value` of the monitor beats `best` by more than min_delta (a lower loss, a
+        higher accuracy), as Keras' EarlyStopping judges it; the first value always does."""
+        if value is None or not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        if self.monitor.endswith("accuracy"):
+            return value > best + self.min_delta
+        return value < best - self.min_delta
+
+
 class JobSpec(Strict):
     """A training job. Every field is optional; the defaults are the book's first example."""
 
@@ -150,6 +239,25 @@ class JobSpec(Strict):
         description="visit the training set in a new seeded order each epoch; false: in "
         "order, as the book's BatchGenerator does",
     )
+    validation_split: Float = Field(
+        default=0.0, ge=0, le=0.5,
+        description="the share of the training set held out (seeded, fixed) for val_loss and "
+        "val_accuracy each epoch; selection uses it, never the test set",
+    )
+    early_stopping: EarlyStoppingSpec | None = None
+
+    @model_validator(mode="after")
+    def _monitor_needs_validation(self) -> JobSpec:
+        if (
+            self.early_stopping is not None
+            and self.early_stopping.monitor.startswith("val_")
+            and self.validation_split == 0
+        ):
+            raise ValueError(
+                f"early_stopping.monitor {self.early_stopping.monitor} needs a "
+                "validation_split above 0"
+            )
+        return self
 
 
 class Progress(BaseModel):
@@ -173,6 +281,11 @@ class JobRead(BaseModel):
     error: str | None
     cancel_requested: bool = Field(
         description="a cancel was asked while running; the job stops within a second"
+    )
+    study_id: int | None = Field(default=None, description="the study this job is a trial of")
+    trial: int | None = Field(default=None, description="its trial number in that study")
+    stopped_early_at_epoch: int | None = Field(
+        default=None, description="the epoch (from 1) early stopping ended the job after"
     )
     samples_per_second: float | None = Field(
         default=None, description="training throughput while running"
@@ -254,6 +367,8 @@ class EpochRead(BaseModel):
     test_loss: float | None
     test_accuracy: float | None
     seconds: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
 
 
 # An instance is 784 pixel values in [0, 1], flat, as 28 rows of 28, or as 28 rows of 28

@@ -17,7 +17,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from worker.models import Model
-from worker.training import FitPosition
+from worker.training import EarlyStopping, FitPosition
 from worker.updaters import Updater
 
 
@@ -26,13 +26,14 @@ class UnusableCheckpoint(ValueError):
 
 
 _PREFIX = "ckpt"  # the file names inside the archive: ckpt.index, ckpt.data-00000-of-00001
-_POSITION = ("epoch", "batch", "loss_sum", "correct_sum")
 
 
 class Checkpointer:
     """Packs and restores one job's model, optimizer state and fit position."""
 
-    def __init__(self, model: Model, updater: Updater) -> None:
+    def __init__(
+        self, model: Model, updater: Updater, early_stopping: EarlyStopping | None = None
+    ) -> None:
         updater.build(model.weights)  # its slots must exist before they can be restored
         self._position = {
             "epoch": tf.Variable(0, dtype=tf.int64),
@@ -41,8 +42,18 @@ class Checkpointer:
             "correct_sum": tf.Variable(0.0, dtype=tf.float64),
         }
         # Only a model with state has the `state` entry, so the checkpoints of dense models
-        # are what they were before models had any.
+        # are what they were before models had any; likewise early stopping's entries (its
+        # best so far, patience count and best weights) for the jobs that use it.
         state = {"state": list(model.state)} if model.state else {}
+        if early_stopping is not None:
+            self._position.update({
+                "best": tf.Variable(0.0, dtype=tf.float64),
+                "best_epoch": tf.Variable(0, dtype=tf.int64),
+                "wait": tf.Variable(0, dtype=tf.int64),
+                "stopped_early_at": tf.Variable(0, dtype=tf.int64),
+            })
+            if early_stopping.best_weights:
+                state["best_weights"] = list(early_stopping.best_weights)
         self._checkpoint = tf.train.Checkpoint(
             weights=list(model.weights),
             optimizer=list(updater.variables),
@@ -52,7 +63,7 @@ class Checkpointer:
 
     def pack(self, position: FitPosition) -> bytes:
         """`position` and the current weights and optimizer state, as a tar archive."""
-        for name in _POSITION:
+        for name in self._position:
             self._position[name].assign(getattr(position, name))
         with tempfile.TemporaryDirectory(prefix="tapefit-checkpoint-") as folder:
             self._checkpoint.write(str(Path(folder) / _PREFIX))
@@ -91,7 +102,7 @@ class Checkpointer:
             saved = FitPosition(
                 **{
                     name: reader.get_tensor(f"position_{name}/.ATTRIBUTES/VARIABLE_VALUE").item()
-                    for name in _POSITION
+                    for name in self._position
                 }
             )
             if saved.epoch * batches_per_epoch + saved.batch > recorded_steps:

@@ -21,6 +21,7 @@ from service.observability.logs import configure_logging, job_context
 from service.queue import leases
 from service.queue.leases import Lease, LeaseLost
 from service.queue.sweeper import sweep_once
+from service.studies.driver import drive_all
 from worker.outcomes import HandedBack, Outcome, describe, persist
 from worker.recorder import Heartbeat, Presence
 from worker.run import JobRun
@@ -58,6 +59,7 @@ class Worker:
                     last_sweep = time.monotonic()
                     self.presence.beat()  # even idle: the API's /readyz counts these
                     sweep_once(self.database, self.settings)
+                    drive_all(self.database)  # studies go on while no API runs
                 if self.run_once():
                     continue
             except (OperationalError, OSError) as exc:

@@ -3,7 +3,8 @@ export, and say how it ended (worker/outcomes.py). It writes rows, epochs and ch
 through its recorder as it goes; the end state is for `outcomes.persist`.
 
 A requeued job resumes from its newest checkpoint, and the rows written after that
-checkpoint are replaced, so its loss curve has no gaps or repeats.
+checkpoint are replaced, so its loss curve has no gaps or repeats. A study's trial is asked
+after each epoch whether its pruner stops it there (service/studies/pruning.py).
 """
 
 from __future__ import annotations
@@ -13,17 +14,28 @@ import math
 import threading
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from service.config import Settings
 from service.db import Database, is_disk_full
+from service.models import EpochSummary
 from service.queue import jobs, leases
 from service.queue.leases import Lease, LeaseLost
 from service.schemas import JobSpec
-from worker.outcomes import Cancelled, Failed, HandedBack, Outcome, Succeeded
+from service.studies import pruning
+from worker.outcomes import Cancelled, Failed, HandedBack, Outcome, Pruned, Succeeded
 from worker.recorder import Heartbeat, JobRecorder
 
 log = logging.getLogger("tapefit.worker")
+
+
+class TrialPruned(Exception):
+    """The study's pruner stopped this trial after `epochs` epochs."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__(f"pruned after epoch {epochs}")
+        self.epochs = epochs
 
 
 class JobRun:
@@ -47,14 +59,16 @@ class JobRun:
             flush_interval=settings.flush_interval,
             stop=stop,
             heartbeat=heartbeat,
-            # Checkpoint only what the database has accepted: an epoch's rows, then its state.
-            after_epoch=self._save_checkpoint,
+            # Checkpoint only what the database has accepted: an epoch's rows, then its state;
+            # then a trial asks its study's pruner.
+            after_epoch=self._after_epoch,
         )
         # Set by _train once the model is built; fit raises Stopped only after that.
         self._checkpointer = None
         self._position = None
         self._batches = 0
         self._epochs = 0
+        self._trial = False  # a study's trial: asked whether to prune after each epoch
 
     def execute(self) -> Outcome:
         """Run the job to its outcome. Raises LeaseLost when the job was taken from this
@@ -84,30 +98,34 @@ class JobRun:
             log.exception("job %s: failed", self.lease.job_id)
             return Failed(f"{type(exc).__name__}: {exc}")
 
-    def _train(self) -> Succeeded:
+    def _train(self) -> Succeeded | Pruned:
         from worker.checkpoint import Checkpointer, UnusableCheckpoint
         from worker.data import limited, load_mnist
         from worker.export import export_model
         from worker.models import build_model
-        from worker.training import FitPosition, fit
+        from worker.training import EarlyStopping, FitPosition, fit, hold_out
         from worker.updaters import build_updater
 
         with self.database.session() as session:
             job = jobs.get_job(session=session, job_id=self.lease.job_id)
             spec, recorded_steps = JobSpec.model_validate(job.spec), job.steps_done
+            self._trial = job.study_id is not None
             stored = leases.load_checkpoint(session=session, job_id=self.lease.job_id)
             checkpoint = stored.content if stored is not None else None
         data = limited(
             load_mnist(self.settings.mnist_path), spec.dataset.train_limit, spec.dataset.test_limit
         )
+        data, validation = hold_out(data, spec.validation_split, spec.seed)
         self._batches = math.ceil(len(data.x_train) / spec.batch_size)
         self._epochs = spec.epochs
 
         def fresh() -> tuple:
             model, updater = build_model(spec.model, seed=spec.seed), build_updater(spec.optimizer)
-            return model, updater, Checkpointer(model, updater)
+            stopping = (EarlyStopping(spec.early_stopping, model)
+                        if spec.early_stopping is not None else None)
+            return model, updater, stopping, Checkpointer(model, updater, stopping)
 
-        model, updater, self._checkpointer = fresh()
+        model, updater, stopping, self._checkpointer = fresh()
         try:
             self._position = self._checkpointer.restore(
                 checkpoint, batches_per_epoch=self._batches, recorded_steps=recorded_steps
@@ -116,7 +134,7 @@ class JobRun:
             # Starting over beats failing the job; the rewind keeps the curve clean.
             log.warning("job %s: its checkpoint is unusable (%s); starting over",
                         self.lease.job_id, exc)
-            model, updater, self._checkpointer = fresh()  # nothing half-restored
+            model, updater, stopping, self._checkpointer = fresh()  # nothing half-restored
             self._position = FitPosition()
         del checkpoint, stored  # up to a few hundred MB for a large model
 
@@ -130,17 +148,41 @@ class JobRun:
         if position.epoch or position.batch:
             log.info("job %s: resuming at epoch %s, batch %s",
                      self.lease.job_id, position.epoch, position.batch)
-        test_loss, test_accuracy = fit(
-            model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
-            seed=spec.seed, shuffle=spec.shuffle, callback=self.recorder, position=position,
-        )
-        return Succeeded(test_loss, test_accuracy, export_model(model, scratch=self.scratch))
+        try:
+            test_loss, test_accuracy = fit(
+                model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
+                seed=spec.seed, shuffle=spec.shuffle, callback=self.recorder, position=position,
+                validation=validation, early_stopping=stopping,
+            )
+        except TrialPruned as pruned:
+            # Its model and test figures as they were after that epoch, kept with the state.
+            test_loss, test_accuracy = self._test_figures(pruned.epochs - 1)
+            return Pruned(pruned.epochs, test_loss, test_accuracy,
+                          export_model(model, scratch=self.scratch))
+        exported = export_model(model, scratch=self.scratch)
+        return Succeeded(test_loss, test_accuracy, exported,
+                         stopped_early_at_epoch=position.stopped_early_at or None)
+
+    def _after_epoch(self) -> None:
+        """An epoch's rows are committed: checkpoint, then ask the study's pruner (not after
+        the last epoch, or one early stopping ends on: the trial completes there)."""
+        self._save_checkpoint()
+        position = self._position
+        if (self._trial and position.epoch < self._epochs and not position.stopped_early_at
+                and pruning.should_prune(self.database, self.lease.job_id)):
+            raise TrialPruned(position.epoch)
+
+    def _test_figures(self, epoch: int) -> tuple[float, float]:
+        with self.database.session() as session:
+            row = session.scalars(select(EpochSummary).where(
+                EpochSummary.job_id == self.lease.job_id, EpochSummary.epoch == epoch)).one()
+        return row.test_loss, row.test_accuracy
 
     def _step(self) -> int:
         return self._position.epoch * self._batches + self._position.batch
 
     def _save_checkpoint(self) -> None:
-        if self._position.epoch >= self._epochs:
+        if self._position.epoch >= self._epochs or self._position.stopped_early_at:
             # After the last epoch: the job's end drops a checkpoint moments after it is
             # written, and a worker lost now costs at most the evaluation and the export.
             return

@@ -10,13 +10,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
 
-from worker.data import Mnist
+from service.schemas import EarlyStoppingSpec
+from worker.data import DataError, Mnist
 from worker.models import LABELS, Model, is_correct, per_sample_loss
 from worker.updaters import Updater
 
@@ -194,8 +195,11 @@ class FitCallback(Protocol):
         test_loss: float,
         test_accuracy: float,
         seconds: float,
+        val_loss: float | None = None,
+        val_accuracy: float | None = None,
     ) -> None:
-        """After every epoch's evaluation; `seconds` covers its training and evaluation."""
+        """After every epoch's evaluation; `seconds` covers its training and evaluation; the
+        validation figures are None without a validation split."""
 
     def should_stop(self) -> bool:
         """Checked after every batch: True stops the fit with `Stopped`."""
@@ -229,9 +233,73 @@ class FitPosition:
     batch: int = 0
     loss_sum: float = 0.0
     correct_sum: float = 0.0
+    # Early stopping's state: the monitor's best value (nan: none yet), the epoch (from 1)
+    # that reached it, the epochs since, and the epoch the fit stopped after (0: it did not).
+    best: float = math.nan
+    best_epoch: int = 0
+    wait: int = 0
+    stopped_early_at: int = 0
 
     def next_epoch(self) -> None:
         self.epoch, self.batch, self.loss_sum, self.correct_sum = self.epoch + 1, 0, 0.0, 0.0
+
+
+def hold_out(data: Mnist, fraction: float, seed: int
+             ) -> tuple[Mnist, tuple[np.ndarray, np.ndarray] | None]:
+    """Split `fraction` of the training set off for validation: a seeded, fixed choice of
+    images (the same on every resume), never the test set. Returns the training data left
+    and the validation (images, labels), or None when `fraction` is 0."""
+    if fraction <= 0:
+        return data, None
+    count = len(data.y_train)
+    held = round(count * fraction)
+    if held < 1 or held >= count:
+        raise DataError(
+            f"validation_split {fraction} of {count} training images leaves no "
+            f"{'validation' if held < 1 else 'training'} image: use more images"
+        )
+    # Its own stream of the seed (the epochs' shuffles use [seed, epoch]).
+    order = np.random.default_rng([seed, 2**32 - 1]).permutation(count)
+    validation, training = np.sort(order[:held]), np.sort(order[held:])
+    kept = replace(data, x_train=data.x_train[training], y_train=data.y_train[training])
+    return kept, (data.x_train[validation], data.y_train[validation])
+
+
+class EarlyStopping:
+    """Keras' EarlyStopping rule on the epoch figures, with its state in the FitPosition
+    (so checkpoints keep it) and, to restore the best weights, a copy of the weights (and the
+    model's other state) as they were at the best epoch, which checkpoints keep too."""
+
+    def __init__(self, spec: EarlyStoppingSpec, model: Model) -> None:
+        self.spec = spec
+        self._live = [*model.weights, *model.state]
+        self.best_weights = (
+            [tf.Variable(variable, trainable=False) for variable in self._live]
+            if spec.restore_best_weights else []
+        )
+
+    def after_epoch(self, position: FitPosition, figures: dict[str, float | None]) -> bool:
+        """Judge the epoch just done (`position.epoch` counts it); True when the fit stops."""
+        best = None if math.isnan(position.best) else position.best
+        value = figures[self.spec.monitor]
+        if self.spec.improves(value, best):
+            position.best, position.best_epoch, position.wait = value, position.epoch, 0
+            for copy, live in zip(self.best_weights, self._live, strict=False):
+                copy.assign(live)  # (no copies: the best weights are not restored)
+            return False
+        position.wait += 1
+        if position.wait >= self.spec.patience:
+            position.stopped_early_at = position.epoch
+            return True
+        return False
+
+    def restore(self, position: FitPosition) -> bool:
+        """Put the best epoch's weights back, when asked to and one was kept; True if so."""
+        if not self.best_weights or position.best_epoch in (0, position.epoch):
+            return False  # nothing kept, or the live weights are the best already
+        for copy, live in zip(self.best_weights, self._live, strict=True):
+            live.assign(copy)
+        return True
 
 
 def fit(
@@ -245,18 +313,24 @@ def fit(
     callback: FitCallback,
     position: FitPosition | None = None,
     shuffle: bool = True,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> tuple[float, float]:
     """Runs the epochs from `position` (the start by default); returns the final
-    (test_loss, test_accuracy).
+    (test_loss, test_accuracy): of the best epoch's weights when early stopping restores them.
 
-    Step numbers are global (epoch * batches per epoch + batch), so a resumed fit continues
-    the sequence. Raises Diverged on a non-finite batch loss, Stopped when the callback asks.
+    Each epoch is evaluated on `validation` too, when given. Early stopping ends the fit after
+    an epoch (`position.stopped_early_at`). Step numbers are global (epoch * batches per
+    epoch + batch), so a resumed fit continues the sequence. Raises Diverged on a non-finite
+    batch loss, Stopped when the callback asks.
     """
     position = position if position is not None else FitPosition()
     if position.epoch < 0 or position.batch < 0:
         raise ValueError(f"cannot start at {position}")
-    if position.epoch >= epochs:
+    if position.epoch >= epochs or position.stopped_early_at:
         # Nothing left to train (a job resumed after its last epoch): report the model as is.
+        if early_stopping is not None:
+            early_stopping.restore(position)
         return evaluate(model, data.x_test, data.y_test)
     train_step, train_steps = make_train_step(model, updater), make_train_steps(model, updater)
     num_samples = len(data.y_train)
@@ -305,9 +379,14 @@ def fit(
             if callback.should_stop():
                 raise Stopped(epoch=epoch, step=first_step + position.batch - 1)
         test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
+        val_loss, val_accuracy = (
+            evaluate(model, *validation) if validation is not None else (None, None)
+        )
         train_loss = position.loss_sum / num_samples
         train_accuracy = position.correct_sum / num_samples
         position.next_epoch()  # before the callback, which checkpoints it
+        stop = early_stopping is not None and early_stopping.after_epoch(position, {
+            "val_loss": val_loss, "val_accuracy": val_accuracy, "train_loss": train_loss})
         callback.on_epoch_end(
             epoch=epoch,
             train_loss=train_loss,
@@ -315,6 +394,12 @@ def fit(
             test_loss=test_loss,
             test_accuracy=test_accuracy,
             seconds=time.perf_counter() - started,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
         )
         started = time.perf_counter()
+        if stop:
+            break
+    if early_stopping is not None and early_stopping.restore(position):
+        return evaluate(model, data.x_test, data.y_test)
     return test_loss, test_accuracy

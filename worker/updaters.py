@@ -1,4 +1,5 @@
-"""How a batch's gradients change the weights: the book's update by hand, or a Keras optimizer."""
+"""How a batch's gradients change the weights: the book's update by hand, or a Keras optimizer;
+either at a learning rate that follows a Keras schedule, with gradients clipped by norm."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from typing import Protocol, assert_never
 import keras
 import tensorflow as tf
 
-from service.schemas import OptimizerName, OptimizerSpec
+from service.schemas import (
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    OptimizerName,
+    OptimizerSpec,
+    StepSchedule,
+)
+
+LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
 
 
 class Updater(Protocol):
@@ -27,21 +37,30 @@ class Updater(Protocol):
 
 
 class ManualSGD:
-    """The book's `update_weights`: plain gradient descent, no optimizer state."""
+    """The book's `update_weights`: plain gradient descent. It keeps no state, but for the
+    step count a learning-rate schedule reads (checkpointed with it, so a resumed job goes
+    on along its schedule)."""
 
-    def __init__(self, learning_rate: float) -> None:
-        self.learning_rate = learning_rate
+    def __init__(self, learning_rate: LearningRate, clipnorm: float | None = None) -> None:
+        self.learning_rate, self.clipnorm = learning_rate, clipnorm
+        self.scheduled = not isinstance(learning_rate, float | int)
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def build(self, weights: Sequence[tf.Variable]) -> None:
-        """Nothing to build: the update keeps no state."""
+        """Nothing to build: the step count exists from the start."""
 
     def apply(self, gradients: Sequence[tf.Tensor], weights: Sequence[tf.Variable]) -> None:
+        rate = self.learning_rate(self.iterations) if self.scheduled else self.learning_rate
         for g, w in zip(gradients, weights, strict=True):
-            w.assign_sub(g * self.learning_rate)
+            if self.clipnorm is not None:
+                g = tf.clip_by_norm(g, self.clipnorm)  # each gradient, as Keras' clipnorm
+            w.assign_sub(g * tf.cast(rate, g.dtype))
+        self.iterations.assign_add(1)
 
     @property
     def variables(self) -> list[tf.Variable]:
-        return []
+        # Without a schedule the checkpoint is the book's update's: no state at all.
+        return [self.iterations] if self.scheduled else []
 
 
 class KerasUpdater:
@@ -64,18 +83,33 @@ class KerasUpdater:
         return [variable.value for variable in self.optimizer.variables]
 
 
+def learning_rate(spec: OptimizerSpec) -> LearningRate:
+    """The learning rate, or the Keras schedule that makes it a function of the step."""
+    match spec.schedule:
+        case ConstantSchedule():
+            return spec.learning_rate
+        case ExponentialSchedule(decay_steps=steps, decay_rate=rate):
+            return keras.optimizers.schedules.ExponentialDecay(spec.learning_rate, steps, rate)
+        case CosineSchedule(decay_steps=steps, alpha=alpha):
+            return keras.optimizers.schedules.CosineDecay(spec.learning_rate, steps,
+                                                          alpha=alpha)
+        case StepSchedule(boundaries=boundaries, values=values):
+            return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    assert_never(spec.schedule)
+
+
 def build_updater(spec: OptimizerSpec) -> Updater:
-    """The updater `spec` names, at its learning rate."""
-    rate = spec.learning_rate
+    """The updater `spec` names, at its learning rate (or schedule), clipping by its norm."""
+    rate, clip = learning_rate(spec), {"clipnorm": spec.clipnorm}
     match spec.name:
         case OptimizerName.manual_sgd:
-            return ManualSGD(rate)
+            return ManualSGD(rate, spec.clipnorm)
         case OptimizerName.sgd:
-            return KerasUpdater(keras.optimizers.SGD(rate))
+            return KerasUpdater(keras.optimizers.SGD(rate, **clip))
         case OptimizerName.momentum:
-            return KerasUpdater(keras.optimizers.SGD(rate, momentum=spec.momentum))
+            return KerasUpdater(keras.optimizers.SGD(rate, momentum=spec.momentum, **clip))
         case OptimizerName.rmsprop:
-            return KerasUpdater(keras.optimizers.RMSprop(rate))
+            return KerasUpdater(keras.optimizers.RMSprop(rate, **clip))
         case OptimizerName.adam:
-            return KerasUpdater(keras.optimizers.Adam(rate))
+            return KerasUpdater(keras.optimizers.Adam(rate, **clip))
     assert_never(spec.name)

@@ -22,6 +22,7 @@ from service.api.routes import (
     metrics,
     predict,
     prometheus,
+    studies,
     tfserving,
     ui,
 )
@@ -35,9 +36,11 @@ from service.queue.event_hub import EventHubs
 from service.queue.sweeper import sweep_forever
 from service.schemas import Readiness
 from service.serving.store import ModelStore
+from service.studies.driver import drive_forever
 
 ROUTERS = (
     jobs.router,
+    studies.router,
     metrics.router,
     events.router,
     predict.router,
@@ -56,10 +59,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(sweep_forever(app.state.database, settings))
+        # Its own engine: a pass never waits for a request's connection, nor they for it.
+        driver_database = Database(settings.sqlalchemy_url,
+                                   busy_timeout=settings.sqlite_busy_timeout)
+        study_driver = asyncio.create_task(
+            drive_forever(driver_database, settings.study_interval)
+        )
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        study_driver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await study_driver
+        driver_database.dispose()
         await app.state.event_hubs.close()
         app.state.database.dispose()
 

@@ -40,6 +40,7 @@ from service.queue.jobs import JobConflict, JobNotFound
 from service.serving.catalog import ModelNotFound
 from service.serving.imaging import ImageError, ImageTooLarge
 from service.serving.store import BadInput, ModelUnavailable
+from service.studies.trials import StudyConflict, StudyNotFound
 
 log = logging.getLogger("tapefit.api")
 
@@ -63,6 +64,8 @@ TABLE: dict[type[Exception], Answer] = {
     ModelNotFound: Answer(404, 404),
     ModelUnavailable: Answer(409, 404),  # not trained yet (ModelNotReady), or unusable
     JobConflict: Answer(409, 409),
+    StudyNotFound: Answer(404, 404),
+    StudyConflict: Answer(409, 409),
     BadInput: Answer(422, 400, field="body"),
     ImageError: Answer(422, 400, field="file"),
     ImageTooLarge: Answer(413, 413),

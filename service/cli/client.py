@@ -164,6 +164,18 @@ class Client:
         except httpx.HTTPError as exc:
             raise ApiError(self._unreachable(exc)) from None
 
+    def create_study(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """POST /studies: the study, with its first trials queued."""
+        return self._call("POST", "/studies", json=spec)
+
+    def study(self, study_id: str | int) -> dict[str, Any]:
+        """GET /studies/{id}: its trials and best."""
+        return self._call("GET", f"/studies/{study_id}")
+
+    def cancel_study(self, study_id: str | int) -> dict[str, Any]:
+        """POST /studies/{id}/cancel."""
+        return self._call("POST", f"/studies/{study_id}/cancel")
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:

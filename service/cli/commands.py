@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.cli import studies
 from service.cli.client import ApiError, Client
 from service.cli.console import ProgressView, job_outcome, jobs_table, status_lines
 from service.schemas import FINAL_STATES, Activation, Implementation, JobState, OptimizerName
 
-COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict")
+COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict", "study")
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
 
@@ -151,6 +152,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
     predict.add_argument("model", metavar="ID|latest|best")
     predict.add_argument("images", metavar="IMAGE", nargs="+", type=Path)
     predict.add_argument("--json", action="store_true", help="print the probabilities as JSON")
+    studies.add_parsers(commands)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -284,4 +286,5 @@ _COMMANDS = {
     "follow": follow,
     "cancel": cancel,
     "predict": predict,
+    "study": studies.run,
 }

@@ -60,7 +60,12 @@ def job_outcome(job: dict[str, Any]) -> str:
     """One line on how a job ended (or where it is)."""
     state, name = job["state"], f"job {job['id']}"
     if state == "succeeded":
-        return f"{name} succeeded: test accuracy {percent(job['test_accuracy'])}"
+        early = job.get("stopped_early_at_epoch")
+        stopped = f" (stopped early after epoch {early})" if early else ""
+        return f"{name} succeeded{stopped}: test accuracy {percent(job['test_accuracy'])}"
+    if state == "pruned":
+        return (f"{name} was pruned by its study after epoch {job['progress']['epoch']}: test "
+                f"accuracy {percent(job['test_accuracy'])}")
     if state == "failed":
         return f"{name} failed: {job['error'] or 'no reason given'}"
     if state == "cancelled":
@@ -97,9 +102,14 @@ def status_lines(job: dict[str, Any], epochs: list[dict[str, Any]]) -> list[str]
 
 
 def epoch_line(epoch: dict[str, Any], epochs: int) -> str:
+    validation = (
+        f"  val loss {number(epoch['val_loss'])}  val acc {percent(epoch['val_accuracy'])}"
+        if epoch.get("val_loss") is not None or epoch.get("val_accuracy") is not None else ""
+    )
     return (
         f"epoch {epoch['epoch'] + 1}/{epochs}  loss {number(epoch['train_loss'])}"
-        f"  acc {percent(epoch['train_accuracy'])}  test loss {number(epoch['test_loss'])}"
+        f"  acc {percent(epoch['train_accuracy'])}{validation}"
+        f"  test loss {number(epoch['test_loss'])}"
         f"  test acc {percent(epoch['test_accuracy'])}  {epoch['seconds']:.1f} s"
     )
 

@@ -8,10 +8,12 @@ States and their transitions (each happens in one short write transaction):
     running   -> failed     leases.fail_job: an exception in the worker, with its message
     running   -> cancelled  leases.mark_cancelled: the worker saw cancel_requested at a batch
                             boundary
+    running   -> pruned     leases.mark_pruned: a study's pruner stopped the trial after an
+                            epoch (its rows and its model at that epoch are kept)
     running   -> queued     leases.release_job: the worker is shutting down after a checkpoint
     running   -> queued     leases.requeue_stalled: no heartbeat for lease_timeout (worker lost)
     running   -> failed     leases.requeue_stalled: ... and the job has used up max_attempts
-    succeeded, failed, cancelled: final, nothing leaves them.
+    succeeded, failed, cancelled, pruned: final, nothing leaves them.
 
 Everything a worker does to a job goes through `service.queue.leases`, fenced by its lease.
 """
@@ -187,6 +189,9 @@ def _view(job: Job, *, position: int | None = None, workers_alive: int | None = 
         test_accuracy=job.test_accuracy,
         error=job.error,
         cancel_requested=job.cancel_requested,
+        study_id=job.study_id,
+        trial=job.trial,
+        stopped_early_at_epoch=job.stopped_early_at_epoch,
         samples_per_second=round(speed * spec.batch_size, 1) if speed else None,
         eta_seconds=round((total - job.steps_done) / speed, 1) if speed and total else None,
         queue_position=position,

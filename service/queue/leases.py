@@ -179,22 +179,34 @@ def record_epoch(*, session: Session, lease: Lease, summary: EpochRead) -> None:
 
 
 def finish_job(
-    *, session: Session, lease: Lease, test_loss: float, test_accuracy: float, model: bytes
+    *, session: Session, lease: Lease, test_loss: float, test_accuracy: float, model: bytes,
+    stopped_early_at_epoch: int | None = None, state: JobState = JobState.succeeded,
 ) -> None:
     """running -> succeeded, with the final test figures and the exported model, together:
-    a job is never succeeded without its model, and a stale worker's model is never kept."""
+    a job is never succeeded without its model, and a stale worker's model is never kept.
+    (`mark_pruned` ends a study's trial the same way, as pruned.)"""
     _update_held(
         session,
         lease,
-        state=JobState.succeeded,
+        state=state,
         finished_at=utcnow(),
         test_loss=finite_or_none(test_loss),
         test_accuracy=test_accuracy,
+        stopped_early_at_epoch=stopped_early_at_epoch,
     )
     session.merge(
         Artifact(job_id=lease.job_id, content=model, sha256=hashlib.sha256(model).hexdigest())
     )
     drop_checkpoint(session, lease.job_id)
+
+
+def mark_pruned(
+    *, session: Session, lease: Lease, test_loss: float, test_accuracy: float, model: bytes
+) -> None:
+    """running -> pruned: a study's pruner stopped the trial after an epoch. Its rows stay,
+    and its test figures and model are those of that epoch."""
+    finish_job(session=session, lease=lease, test_loss=test_loss, test_accuracy=test_accuracy,
+               model=model, state=JobState.pruned)
 
 
 def fail_job(*, session: Session, lease: Lease, error: str) -> None:

@@ -16,14 +16,17 @@ from sqlalchemy.orm import Session
 
 from service.db import Database
 from service.ids import PATTERN, parse_id
-from service.models import Artifact, Job
+from service.models import Artifact, Job, Study, StudyTrial
 from service.schemas import JobState
 from service.serving.store import ModelStore, ModelUnavailable
 
 LATEST = "latest"  # the newest succeeded job: the highest id, as TF Serving's latest version
 BEST = "best"  # the succeeded job with the highest test accuracy; the newer one on a tie
 ALIASES = (LATEST, BEST)
-NAME_PATTERN = f"^({PATTERN}|{LATEST}|{BEST})$"  # what a name can be, for the API's schema
+# `study-{id}`: the best completed trial of study {id}, by the study's objective.
+STUDY_PREFIX = "study-"
+# What a name can be, for the API's schema.
+NAME_PATTERN = f"^({PATTERN}|{LATEST}|{BEST}|{STUDY_PREFIX}{PATTERN})$"
 
 
 class ModelNotFound(LookupError):
@@ -61,7 +64,8 @@ class ModelRef:
 
     @property
     def ready(self) -> bool:
-        return self.state is JobState.succeeded
+        # A pruned trial keeps its model at the epoch it reached: servable by its id.
+        return self.state in (JobState.succeeded, JobState.pruned)
 
 
 def find_model(*, session: Session, name: str, version: str | None = None) -> ModelRef:
@@ -70,6 +74,9 @@ def find_model(*, session: Session, name: str, version: str | None = None) -> Mo
     if row is None:
         if name in ALIASES:
             raise ModelNotFound(f"no job has succeeded yet, so '{name}' names no model")
+        if name.startswith(STUDY_PREFIX):
+            raise ModelNotFound(f"'{name}' names no model: no such study, or none of its "
+                                "trials has completed yet")
         raise ModelNotFound(f"model '{name}' not found: a name is a job id, latest or best")
     return _check_version(_ref(name, row), version)
 
@@ -110,7 +117,26 @@ _BY_ALIAS = {
 }
 
 
+def _best_of_study(session: Session, study_id: int) -> int | None:
+    """The job of the study's best completed trial (the order service/studies/ keeps)."""
+    spec = session.scalar(select(Study.spec).where(Study.id == study_id))
+    if spec is None:
+        return None
+    maximize = spec.get("objective", {}).get("direction") == "maximize"
+    value = StudyTrial.value.desc() if maximize else StudyTrial.value.asc()
+    return session.scalar(
+        select(StudyTrial.job_id)
+        .where(StudyTrial.study_id == study_id, StudyTrial.state == "complete",
+               StudyTrial.value.is_not(None), StudyTrial.job_id.is_not(None))
+        .order_by(value, StudyTrial.number).limit(1)
+    )
+
+
 def _lookup(session: Session, name: str) -> Row[tuple[int, str, str | None]] | None:
+    if name.startswith(STUDY_PREFIX):
+        study_id = parse_id(name.removeprefix(STUDY_PREFIX))
+        best = _best_of_study(session, study_id) if study_id is not None else None
+        return session.execute(_BY_ID, {"job_id": best}).first() if best is not None else None
     if name in _BY_ALIAS:
         return session.execute(_BY_ALIAS[name]).first()
     job_id = parse_id(name)

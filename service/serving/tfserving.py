@@ -28,6 +28,7 @@ _STATES = {
     "succeeded": ("AVAILABLE", "OK"),
     "failed": ("END", "UNKNOWN"),
     "cancelled": ("END", "CANCELLED"),
+    "pruned": ("AVAILABLE", "OK"),  # a study's pruned trial keeps its model
 }
 
 

@@ -176,7 +176,7 @@ def test_metrics_are_paged_by_step(client: TestClient, database: Database) -> No
     assert empty == {"items": [], "next_after_step": 4}
     assert client.get(f"/jobs/{job_id}/epochs").json() == [
         {"epoch": 0, "train_loss": 1.8, "train_accuracy": 0.1, "test_loss": 1.7,
-         "test_accuracy": 0.2, "seconds": 3.5}
+         "test_accuracy": 0.2, "seconds": 3.5, "val_loss": None, "val_accuracy": None}
     ]
     job = client.get(f"/jobs/{job_id}").json()
     assert job["loss"] == pytest.approx(1.6)
