@@ -1,11 +1,13 @@
-"""The HTTP server: uvicorn with every connection limit set explicitly, and deadlines for a
-request's head and for a stalled body, which neither uvicorn nor h11 has.
+"""The HTTP server: uvicorn on uvloop and httptools (its C event loop and HTTP parser), with
+every connection limit set explicitly, and deadlines for a request's head and for a stalled
+body, and a bound on the head's size, which uvicorn's httptools protocol lacks.
 
 Without them, a client that sends half a request line or its headers a byte at a time (a
 "slowloris"), or a body that stops half-way, holds its connection open for as long as it
 likes: uvicorn's keep-alive timeout only runs between requests and stops at the first byte of
 the next. A few thousand such connections use up the process's file descriptors and nobody
-else can connect.
+else can connect. And httptools hands uvicorn every header it parses, however many: a head
+that never ends would grow in memory until the deadline.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import h11
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.config import Settings
 
@@ -25,7 +26,7 @@ log = logging.getLogger("tapefit.server")
 
 # An idle keep-alive connection is closed this many seconds after its last response.
 KEEP_ALIVE_TIMEOUT_S = 5
-# The largest request head (request line and headers) h11 buffers; past it, a 400.
+# The largest request head (request line and headers); past it, a 400.
 MAX_HEAD_BYTES = 16 * 1024
 # Connections the kernel queues while the server is busy accepting (capped by somaxconn).
 BACKLOG = 2048
@@ -41,24 +42,28 @@ _TIMEOUT_RESPONSE = (
 )
 
 
-class HeadDeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol, plus two deadlines of `head_timeout` seconds:
+class HeadDeadlineHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus two deadlines of `head_timeout` seconds and a bound:
 
     - a request's line and headers must arrive within it, from the connection opening (on a
       kept-alive connection, from the next request's first byte), or the connection gets a
       408 and is closed;
     - a request's body may not stall for longer than it (no byte while the server waits for
       one), or the connection is closed. Time the server spends not reading, because the app
-      has not taken what came, does not count.
+      has not taken what came, does not count;
+    - a head still unfinished after MAX_HEAD_BYTES is answered 400 and the connection closed.
 
-    The response is not bounded by it: an event stream may last as long as its job.
+    The response is not bounded by them: an event stream may last as long as its job.
+    httptools calls the on_* methods from within `data_received`, as it parses.
     """
 
     head_timeout: float = 10.0
     _deadline: asyncio.TimerHandle | None = None
+    _in_head = True  # waiting for a request's line and headers, or reading them
+    _head_bytes = 0  # bytes received since the last request was complete
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        super().connection_made(transport)  # type: ignore[arg-type]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
         self._arm(self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -66,19 +71,33 @@ class HeadDeadlineH11(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        # The first bytes of a kept-alive connection's next request start its deadline (the
-        # keep-alive timeout, which closes an idle connection, stops at them).
-        if self._deadline is None and self.conn.their_state is h11.IDLE:
-            self._arm(self._head_timed_out)
+        if self._in_head:
+            # The first bytes of a kept-alive connection's next request start its deadline
+            # (the keep-alive timeout, which closes an idle connection, stops at them).
+            if self._deadline is None:
+                self._arm(self._head_timed_out)
+            self._head_bytes += len(data)
         super().data_received(data)
-
-    def handle_events(self) -> None:
-        super().handle_events()
-        state = self.conn.their_state
-        if state is h11.SEND_BODY:
-            self._arm(self._body_stalled)  # each piece of the body restarts it
-        elif state is not h11.IDLE:  # the whole request is in (or the connection is over)
+        if (self._in_head and self._head_bytes > MAX_HEAD_BYTES
+                and not self.transport.is_closing()):
+            log.debug("closing a connection from %s: a request head over %d bytes",
+                      self.client, MAX_HEAD_BYTES)
             self._disarm()
+            self.send_400_response("Request head too large.")  # and closes
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._arm(self._body_stalled)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm(self._body_stalled)  # each piece of the body restarts it
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()  # the whole request is in: the next one's head has its own deadline
+        self._in_head, self._head_bytes = True, 0
 
     def _arm(self, callback: Callable[[], None]) -> None:
         self._disarm()
@@ -91,17 +110,17 @@ class HeadDeadlineH11(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._deadline = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing() or not self._in_head:
             return
         log.debug("closing a connection from %s: no complete request head in %g s",
                   self.client, self.head_timeout)
-        # h11 will not send a response to a request it has not seen, so it is written as is.
+        # No request was parsed to answer, so the response is written as is.
         self.transport.write(_TIMEOUT_RESPONSE)
         self.transport.close()
 
     def _body_stalled(self) -> None:
         self._deadline = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+        if self.transport.is_closing() or self._in_head:
             return
         if self.flow.read_paused:  # the app has not read what came: not the client's fault
             self._arm(self._body_stalled)
@@ -112,9 +131,10 @@ class HeadDeadlineH11(H11Protocol):
         self.transport.close()
 
 
-def protocol_with_head_timeout(head_timeout: float) -> type[HeadDeadlineH11]:
-    """HeadDeadlineH11 with its deadlines set (uvicorn makes one instance per connection)."""
-    return type("HeadDeadlineH11", (HeadDeadlineH11,), {"head_timeout": head_timeout})
+def protocol_with_head_timeout(head_timeout: float) -> type[HeadDeadlineHttpTools]:
+    """HeadDeadlineHttpTools with its deadlines set (uvicorn makes one per connection)."""
+    return type("HeadDeadlineHttpTools", (HeadDeadlineHttpTools,),
+                {"head_timeout": head_timeout})
 
 
 def run_api(app: FastAPI, *, host: str, port: int, settings: Settings) -> None:
@@ -128,8 +148,8 @@ def run_api(app: FastAPI, *, host: str, port: int, settings: Settings) -> None:
         # instead of its own text handlers.
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         http=protocol_with_head_timeout(settings.header_timeout),
+        loop="uvloop",
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
-        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         # Past this many open connections (or requests in flight), uvicorn answers new
         # requests with 503 instead of taking on more.
         limit_concurrency=settings.max_connections,

@@ -6,13 +6,13 @@ shapes (rows or columns, named or not), and its errors are `{"error": "message"}
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from service.schemas import NUM_CLASSES
+from service.serving import tensors
 from service.serving.catalog import ModelRef
 from service.serving.store import BadInput, as_images
 
@@ -88,7 +88,7 @@ def _tensor_info(shape: tuple[int, ...], name: str) -> dict[str, Any]:
 def parse_predict(body: bytes) -> PredictCall:
     """The images in a predict request, row format (`instances`) or columnar (`inputs`)."""
     try:
-        request = json.loads(body)
+        request = tensors.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"JSON Parse error: {exc}") from None
     except RecursionError:  # arrays nested thousands deep

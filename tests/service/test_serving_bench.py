@@ -18,4 +18,6 @@ def test_the_benchmark_measures_every_figure(trained: Trained) -> None:
         "healthz", "predict", "predict_by_alias", "tfserving_predict", "v2_infer"
     }
     assert all(rate > 0 for rate in figures.requests_per_s.values())
-    assert figures.predict_vs_bare > 0
+    assert set(figures.vs_bare) == set(figures.requests_per_s) - {"healthz"}
+    assert figures.predict_vs_bare == figures.vs_bare["predict"] > 0
+    assert figures.predict_by_alias_vs_bare == figures.vs_bare["predict_by_alias"] > 0

@@ -24,7 +24,7 @@ from starlette.types import Message
 from service.api.responses import ErrorRead, errors
 from service.api.serving_deps import CatalogDep, body_limit, read_capped
 from service.schemas import ExplainedPrediction, ExplainedPredictResponse, PredictRequest
-from service.serving import imaging
+from service.serving import imaging, tensors
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["predict"])
 
@@ -68,14 +68,26 @@ _BODY: dict[str, Any] = {
 }
 
 
-async def read_input(request: Request) -> PredictRequest | np.ndarray:
-    """The JSON instances, or the image uploaded as the form field `file` read as a digit."""
+async def read_input(request: Request) -> bytes | np.ndarray:
+    """The JSON body (parsed by the route, in its thread: `read_instances`), or the image
+    uploaded as the form field `file` read as a digit."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return await _read_image(request, await _read_upload(request))
+    return await read_capped(request, body_limit(request))
+
+
+def read_instances(body: bytes) -> np.ndarray:
+    """A JSON body's images as a (N, 784) float32 batch: straight to numpy when the body is
+    plainly valid (service/serving/tensors.py), else through the schema, whose errors make
+    the 422."""
+    images = tensors.plain_instances(body)
+    if images is not None:
+        return images
     try:
-        return PredictRequest.model_validate_json(await read_capped(request, body_limit(request)))
+        payload = PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
+    return np.array([np.ravel(instance) for instance in payload.instances], np.float32)
 
 
 async def _read_upload(request: Request) -> bytes:
@@ -129,7 +141,7 @@ def _decode_slots(state: State, size: int) -> asyncio.Semaphore:
     return slots[1]
 
 
-InputDep = Annotated[PredictRequest | np.ndarray, Depends(read_input)]
+InputDep = Annotated[bytes | np.ndarray, Depends(read_input)]
 
 
 @router.post(
@@ -142,9 +154,10 @@ def predict(
     catalog: CatalogDep, job_id: str, payload: InputDep, explain: bool = False
 ) -> Response:
     """Digits and 10 probabilities for JSON images in [0, 1] or an uploaded PNG/JPEG digit."""
+    # The body first: a bad one is a 422 whatever the model's name.
+    images = read_instances(payload) if isinstance(payload, bytes) else None
     model = catalog.resolve(job_id)
-    if isinstance(payload, PredictRequest):
-        images = np.array([np.ravel(instance) for instance in payload.instances], np.float32)
+    if images is not None:
         return _response(catalog.predict(model, images))
     return _response(catalog.predict(model, payload), seen=payload if explain else None)
 
