@@ -197,9 +197,9 @@ class Checkpoint(Base):
 
 
 class EventCounter(Base):
-    """A running total of one kind of event (lease expiries, hand-backs, loss rows written),
-    raised in the same transaction as the change it counts: exact whichever process made it,
-    and read by any API for GET /metrics (service/queue/counters.py)."""
+    """A running total of one kind of rare event (lease expiries, hand-backs), raised in
+    the same transaction as the change it counts: exact whichever process made it, and read
+    by any API for GET /metrics (service/queue/counters.py)."""
 
     __tablename__ = "counters"
 

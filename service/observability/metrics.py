@@ -1,10 +1,11 @@
 """The API's Prometheus metrics, served at GET /metrics. Two kinds:
 
 - **From the database, read at scrape time** (`DatabaseCollector`): jobs by state, the queue's
-  depth and the age of its oldest job, live workers, lease expiries, requeues and loss rows
-  written. Every API process answers the same figures, whichever process (API or worker, on
-  any machine) caused them: the counters are rows of the `counters` table, raised in the same
-  transaction as the change they count (service/queue/counters.py).
+  depth and the age of its oldest job, live workers, lease expiries, requeues and the loss
+  rows stored. Every API process answers the same figures, whichever process (API or worker,
+  on any machine) caused them: the counters are rows of the `counters` table, raised in the
+  same transaction as the change they count (service/queue/counters.py), and the loss rows
+  are each job's `steps_done`, which the flush that writes them sets.
 - **Per process** (`ServiceMetrics`): HTTP requests and their latency, predictions and theirs,
   and the process's own CPU, memory and file descriptors. Each API process counts what it
   served; Prometheus sums them over the processes it scrapes.
@@ -117,10 +118,10 @@ class ObservedCatalog(Catalog):
 
 class DatabaseCollector:
     """The figures the database holds, read at each scrape in one short read session of four
-    queries: jobs counted by state (an index-only count over the jobs), the oldest queued
-    job (the queued rows only), the live workers, and the counters (a few rows). When the
-    database does not answer, `tapefit_database_up` is 0 and the rest is left out: the
-    scrape still succeeds with the per-process figures."""
+    queries: jobs counted by state with their loss rows (one pass over the jobs table, not
+    the rows), the oldest queued job (the queued rows only), the live workers, and the
+    counters (a few rows). When the database does not answer, `tapefit_database_up` is 0 and
+    the rest is left out: the scrape still succeeds with the per-process figures."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -133,9 +134,10 @@ class DatabaseCollector:
                                "1 when the database answered this scrape, else 0.")
         try:
             with self.database.session() as session:
-                by_state = dict(session.execute(
-                    select(Job.state, func.count()).group_by(Job.state)
-                ).all())
+                by_state = {state: (count, rows) for state, count, rows in session.execute(
+                    select(Job.state, func.count(), func.coalesce(func.sum(Job.steps_done), 0))
+                    .group_by(Job.state)
+                )}
                 oldest = session.scalar(
                     select(func.min(Job.created_at)).where(Job.state == JobState.queued)
                 )
@@ -154,13 +156,19 @@ class DatabaseCollector:
         yield from _counter_families(totals)
 
 
-def _job_families(by_state: dict[str, int], oldest: Any) -> Iterator[Metric]:
+def _job_families(by_state: dict[str, tuple[int, int]], oldest: Any) -> Iterator[Metric]:
     jobs = GaugeMetricFamily("tapefit_jobs", "Jobs in the database, by state.",
                              labels=["state"])
     for state in JobState:
-        jobs.add_metric([state.value], by_state.get(state.value, 0))
+        jobs.add_metric([state.value], by_state.get(state.value, (0, 0))[0])
     yield jobs
-    queued = by_state.get(JobState.queued.value, 0)
+    # A job's rows are its steps 0 .. steps_done - 1, exactly (a resumed job rewinds both).
+    yield GaugeMetricFamily(
+        "tapefit_loss_rows", "Per-batch loss rows stored, over all jobs: it grows as workers "
+        "write them and falls when jobs are deleted.",
+        value=sum(int(rows) for _, rows in by_state.values()),
+    )
+    queued = by_state.get(JobState.queued.value, (0, 0))[0]
     yield GaugeMetricFamily("tapefit_queue_depth", "Jobs waiting for a worker.", value=queued)
     # SQLite hands back naive datetimes where no ORM type converts them (an aggregate).
     age = 0.0
@@ -189,7 +197,3 @@ def _counter_families(totals: dict[str, int]) -> Iterator[Metric]:
     requeues.add_metric(["lease_expired"], totals.get(counters.LEASE_EXPIRED_REQUEUED, 0))
     requeues.add_metric(["handed_back"], totals.get(counters.HANDED_BACK, 0))
     yield requeues
-    yield CounterMetricFamily(
-        "tapefit_loss_rows_written", "Per-batch loss rows the workers wrote (rows a resumed "
-        "job rewrites count again).", value=totals.get(counters.LOSS_ROWS_WRITTEN, 0),
-    )

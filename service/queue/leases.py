@@ -141,7 +141,6 @@ def record_progress(
         raise LeaseLost(f"job {lease.job_id} is no longer held by {lease.worker_id}")
     if rows:
         _insert_metrics(session, lease.job_id, rows)
-    counters.add(session=session, name=counters.LOSS_ROWS_WRITTEN, amount=len(rows))
     return bool(cancel)
 
 
