@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-queue", action="store_true",
                         help="leave out the queue under 100 simulated workers (`tapefit bench "
                         "queue` runs it alone)")
+    parser.add_argument("--skip-study", action="store_true",
+                        help="leave out the 12-trial study with and without ASHA (`python -m "
+                        "benchmarks.study` runs it alone; about two minutes on the full MNIST)")
     args = parser.parse_args(argv)
     if args.mnist is None:
         print("tapefit bench: set TAPEFIT_MNIST_PATH or pass --mnist", file=sys.stderr)
@@ -150,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
     if not args.skip_queue:
         rows += _queue_rows()
+    if not args.skip_serving and not args.skip_study:
+        from benchmarks.study import bench_study
+        from benchmarks.study import rows as study_rows
+
+        with tempfile.TemporaryDirectory() as folder:
+            rows += study_rows(bench_study(args.mnist, Path(folder)), _row)
     print("| figure | measured | target | met |\n|---|---|---|---|")
     print("\n".join(rows))
     return 0

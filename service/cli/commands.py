@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli import studies
+from service.cli import controls, studies
 from service.cli.client import ApiError, Client
 from service.cli.console import ProgressView, job_outcome, jobs_table, status_lines
 from service.schemas import FINAL_STATES, Activation, Implementation, JobState, OptimizerName
@@ -131,6 +131,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
         "--no-shuffle", dest="shuffle", action="store_false", default=None,
         help="visit the training images in order every epoch, as the book's BatchGenerator",
     )
+    controls.add_flags(submit)
     submit.add_argument("--follow", action="store_true", help="then follow it, as `follow`")
 
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
@@ -185,7 +186,7 @@ def spec_from(args: argparse.Namespace) -> dict[str, Any]:
             value = {k: v for k, v in value.items() if v is not None} or None
         if value is not None:
             spec[key] = value
-    return spec
+    return controls.apply(spec, args)
 
 
 def submit(client: Client, args: argparse.Namespace) -> int:

@@ -1,12 +1,14 @@
 // The dashboard's shell: the header, the API token, and a router over location.hash:
 //   #/            jobs and the form to start one
 //   #/jobs/{id}   one job, live
+//   #/studies     the studies; #/studies/{id} one study, live
 //   #/draw        the draw-a-digit pad against any trained model
 
 import { token, whenUnauthorized } from "./api.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
 import { predictor } from "./predictor.js";
+import { studiesView, studyView } from "./study.js";
 import { h } from "./ui.js";
 
 const view = document.getElementById("view");
@@ -18,11 +20,15 @@ function route() {
   const path = location.hash.replace(/^#/, "") || "/";
   const job = path.match(/^\/jobs\/(\d+)$/);
   let page;
+  const study = path.match(/^\/studies\/(\d+)$/);
   if (job) page = jobView(job[1], current.signal);
+  else if (study) page = studyView(study[1], current.signal);
+  else if (path === "/studies") page = studiesView(current.signal);
   else if (path === "/draw") page = h("div", { class: "draw-page" }, predictor({ title: "Draw a digit" }));
   else page = jobsView(current.signal);
   for (const link of document.querySelectorAll("nav a")) {
-    link.classList.toggle("active", link.getAttribute("href") === (path === "/draw" ? "#/draw" : "#/"));
+    link.classList.toggle("active", link.getAttribute("href") === (path === "/draw" ? "#/draw"
+      : path.startsWith("/studies") ? "#/studies" : "#/"));
   }
   view.replaceChildren(page);
   window.scrollTo(0, 0);

@@ -39,7 +39,7 @@ export class LossChart {
     this.ys = [];
     this.lo = []; // null where a point is exact
     this.hi = [];
-    this.epochs = []; // {epoch, x, accuracy}
+    this.epochs = []; // {epoch, x, accuracy, validation}: test and validation accuracy
     this.totalSteps = null;
     this.log = false;
     this.emptyText = "Waiting for the first batch…";
@@ -143,7 +143,7 @@ export class LossChart {
       const top = Math.max(ticks[ticks.length - 1], yMax);
       sy = (y) => plot.y1 - (y / top) * (plot.y1 - plot.y0);
     }
-    const accs = this.epochs.map((e) => e.accuracy).filter((a) => a !== null);
+    const accs = this.epochs.flatMap((e) => [e.accuracy, e.validation ?? null]).filter((a) => a !== null);
     const accLow = accs.length ? Math.max(0, Math.floor(Math.min(...accs) * 10 - 0.5) / 10) : 0.8;
     const sa = (a) => plot.y1 - ((a - accLow) / (1 - accLow)) * (plot.y1 - plot.y0);
     return { plot, sx, sy, sa, xMax, ticks, accLow };
@@ -297,6 +297,17 @@ export class LossChart {
   }
 
   accuracy(ctx, { sx, sa }) {
+    // The validation accuracy (validation_split), dashed, under the test accuracy.
+    const held = this.epochs.filter((e) => e.validation !== null && e.validation !== undefined);
+    if (held.length) {
+      ctx.strokeStyle = COLORS.accuracy;
+      ctx.lineWidth = 1.5;
+      ctx.setLineDash([5, 4]);
+      ctx.beginPath();
+      held.forEach((e, i) => ctx[i ? "lineTo" : "moveTo"](sx(e.x), sa(e.validation)));
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
     const points = this.epochs.filter((e) => e.accuracy !== null);
     if (!points.length) return;
     ctx.strokeStyle = COLORS.accuracy;
@@ -343,6 +354,7 @@ export class LossChart {
     const lines = [`step ${Math.round(this.xs[lo]).toLocaleString("en-US")}`, `loss ${this.ys[lo].toFixed(4)}`];
     const epoch = this.epochs.find((e) => e.x >= this.xs[lo]);
     if (epoch && epoch.accuracy !== null) lines.push(`epoch ${epoch.epoch + 1} test ${(epoch.accuracy * 100).toFixed(1)}%`);
+    if (epoch && epoch.validation != null) lines.push(`epoch ${epoch.epoch + 1} val ${(epoch.validation * 100).toFixed(1)}%`);
     const w = Math.max(...lines.map((l) => ctx.measureText(l).width)) + 16;
     const h = lines.length * 16 + 10;
     const bx = x + 12 + w > plot.x1 ? x - 12 - w : x + 12;

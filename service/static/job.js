@@ -41,7 +41,7 @@ export function jobView(id, signal) {
   const epochsCard = h("section", { class: "card", hidden: true },
     h("div", { class: "card-head" }, h("h2", {}, "Epochs")),
     h("table", { class: "epochs" },
-      h("thead", {}, h("tr", {}, ["Epoch", "Train loss", "Train acc.", "Test loss", "Test acc.", "Time"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Epoch", "Train loss", "Train acc.", "Val loss", "Val acc.", "Test loss", "Test acc.", "Time"].map((t) => h("th", {}, t)))),
       epochRows));
   const aside = h("div", { class: "aside" });
 
@@ -106,13 +106,15 @@ export function jobView(id, signal) {
       h("td", { class: "num" }, String(e.epoch + 1)),
       h("td", { class: "num" }, fixed(e.train_loss)),
       h("td", { class: "num" }, percent(e.train_accuracy, 2)),
+      h("td", { class: "num" }, fixed(e.val_loss ?? null)),
+      h("td", { class: "num" }, percent(e.val_accuracy ?? null, 2)),
       h("td", { class: "num" }, fixed(e.test_loss)),
       h("td", { class: "num" }, percent(e.test_accuracy, 2)),
       h("td", { class: "num" }, `${e.seconds < 0.1 ? e.seconds.toFixed(2) : e.seconds.toFixed(1)} s`))));
     epochsCard.hidden = false;
     showAccuracy();
     if (perEpoch) {
-      chart.setEpochs(sorted.map((e) => ({ epoch: e.epoch, x: (e.epoch + 1) * perEpoch - 1, accuracy: e.test_accuracy })));
+      chart.setEpochs(sorted.map((e) => ({ epoch: e.epoch, x: (e.epoch + 1) * perEpoch - 1, accuracy: e.test_accuracy, validation: e.val_accuracy ?? null })));
     }
   }
 

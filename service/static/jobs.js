@@ -1,6 +1,7 @@
 // The jobs page: a form to start a job, and the jobs with their live state and progress.
 
 import { api } from "./api.js";
+import { comparePanel } from "./compare.js";
 import { FINAL, ago, badge, describeModel, describeTraining, fixed, h, parseLayers, percent } from "./ui.js";
 
 const OPTIMIZERS = ["rmsprop", "adam", "sgd", "momentum", "manual_sgd"];
@@ -14,6 +15,8 @@ const PRESETS = {
   },
 };
 const REFRESH_MS = 1500;
+// The jobs ticked for comparison; kept while the page refreshes (and across visits).
+const picked = new Set();
 
 function field(label, input, hint) {
   return h("label", { class: "field" }, h("span", { class: "field-label" }, label), input,
@@ -31,6 +34,9 @@ function form() {
     batch_size: h("input", { name: "batch_size", type: "number", value: "128", min: "1" }),
     train_limit: h("input", { name: "train_limit", type: "number", min: "1", placeholder: "all" }),
     shuffle: h("input", { name: "shuffle", type: "checkbox", checked: true }),
+    validation_split: h("input", { name: "validation_split", type: "number", value: "0", min: "0", max: "0.5", step: "0.05" }),
+    patience: h("input", { name: "patience", type: "number", min: "0", max: "100", placeholder: "off" }),
+    restore_best: h("input", { name: "restore_best", type: "checkbox" }),
   };
   // A preset fills in the model and its training; editing the layers makes the form custom.
   const preset = h("select", { name: "preset" },
@@ -55,6 +61,7 @@ function form() {
         batch_size: Number(inputs.batch_size.value),
         dataset: { train_limit: inputs.train_limit.value ? Number(inputs.train_limit.value) : null },
         shuffle: inputs.shuffle.checked,
+        ...controls(inputs),
       };
     } catch (e) {
       error.textContent = e.message;
@@ -82,8 +89,27 @@ function form() {
     h("div", { class: "row" }, field("Epochs", inputs.epochs), field("Batch size", inputs.batch_size)),
     field("Training images", inputs.train_limit, "the first N of 60,000; empty: all"),
     field("Shuffle each epoch", inputs.shuffle, "off: in order, as the book's BatchGenerator"),
+    h("div", { class: "row" },
+      field("Validation split", inputs.validation_split, "held out for val loss and accuracy"),
+      field("Early stopping", inputs.patience, "patience in epochs; empty: off")),
+    field("Restore the best epoch", inputs.restore_best, "with early stopping: end with its weights"),
     error,
     button);
+}
+
+// The form's training controls as job spec fields: early stopping watches the validation
+// loss when there is a validation split, else the training loss.
+function controls(inputs) {
+  const split = Number(inputs.validation_split.value || 0);
+  const spec = { validation_split: split };
+  if (inputs.patience.value !== "") {
+    spec.early_stopping = {
+      monitor: split > 0 ? "val_loss" : "train_loss",
+      patience: Number(inputs.patience.value),
+      restore_best_weights: inputs.restore_best.checked,
+    };
+  }
+  return spec;
 }
 
 function progressCell(job) {
@@ -108,7 +134,11 @@ function row(job, refresh) {
       refresh();
     }
   };
+  const pick = h("input", { type: "checkbox", class: "pick", value: String(job.id), checked: picked.has(job.id),
+    "aria-label": `compare job ${job.id}`, onclick: (event) => event.stopPropagation(),
+    onchange: (event) => { if (event.target.checked) picked.add(job.id); else picked.delete(job.id); refresh.picked?.(); } });
   return h("tr", { class: "job-row", dataset: { id: job.id, state: job.state }, onclick: open },
+    h("td", { class: "pick" }, pick),
     h("td", { class: "num" }, h("a", { href: `#/jobs/${job.id}` }, `#${job.id}`)),
     h("td", {}, badge(job)),
     h("td", { class: "model" }, h("div", {}, describeModel(job.spec)), h("div", { class: "muted small" }, describeTraining(job.spec))),
@@ -125,12 +155,13 @@ export function jobsView(signal) {
   const total = h("span", { class: "muted" });
   const error = h("div", { class: "error", hidden: true });
   const empty = h("div", { class: "empty", hidden: true }, "No jobs yet. Start one with the form.");
-  const headings = ["Job", "State", "Model", "Progress", "Loss", "Test acc.", "Created", ""];
+  const headings = ["", "Job", "State", "Model", "Progress", "Loss", "Test acc.", "Created", ""];
   const table = h("table", { class: "jobs", hidden: true },
     h("thead", {}, h("tr", {}, headings.map((t) => h("th", { class: t === "Created" ? "when" : null }, t)))),
     body);
 
   let timer = 0;
+  const compare = comparePanel(picked, signal);
   async function refresh() {
     clearTimeout(timer);
     try {
@@ -148,11 +179,14 @@ export function jobsView(signal) {
     if (!signal.aborted) timer = setTimeout(refresh, REFRESH_MS);
   }
   signal.addEventListener("abort", () => clearTimeout(timer));
+  refresh.picked = () => compare.update();
   refresh();
 
   return h("div", { class: "layout jobs-layout" },
     form(),
-    h("section", { class: "card" },
-      h("div", { class: "card-head" }, h("h2", {}, "Jobs"), total),
-      error, empty, h("div", { class: "table-wrap" }, table)));
+    h("div", {},
+      h("section", { class: "card" },
+        h("div", { class: "card-head" }, h("h2", {}, "Jobs"), total),
+        error, empty, h("div", { class: "table-wrap" }, table)),
+      compare));
 }

@@ -19,7 +19,8 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-export const FINAL = ["succeeded", "failed", "cancelled"];
+// service.schemas.FINAL_STATES: a pruned job is a study's trial its pruner stopped.
+export const FINAL = ["succeeded", "failed", "cancelled", "pruned"];
 
 export function badge(job) {
   const label = job.state === "running" && job.cancel_requested ? "stopping" : job.state;

@@ -74,3 +74,21 @@ def test_epoch_lines_show_validation_when_there_is_some() -> None:
     done = {"id": 5, "state": "succeeded", "test_accuracy": 0.9, "stopped_early_at_epoch": 3}
     assert job_outcome(done) == ("job 5 succeeded (stopped early after epoch 3): test accuracy "
                                  "90.00%")
+
+
+def test_submit_takes_the_training_controls() -> None:
+    args = parse("submit", "--validation-split", "0.1", "--early-stopping", "val_loss:3:0.001",
+                 "--restore-best", "--schedule", "step:100,200:0.1,0.05,0.01", "--clipnorm",
+                 "1.5", "--optimizer", "adam")
+    spec = commands.spec_from(args)
+    assert spec["validation_split"] == 0.1
+    assert spec["early_stopping"] == {"monitor": "val_loss", "patience": 3, "min_delta": 0.001,
+                                      "restore_best_weights": True}
+    assert spec["optimizer"] == {"name": "adam", "clipnorm": 1.5, "schedule": {
+        "type": "step", "boundaries": [100, 200], "values": [0.1, 0.05, 0.01]}}
+    assert parse("submit", "--schedule", "cosine:1000").schedule == {
+        "type": "cosine", "decay_steps": 1000}
+    for flag, bad in (("--schedule", "linear:5"), ("--schedule", "exponential:x:0.5"),
+                      ("--early-stopping", "test_accuracy:3")):
+        with pytest.raises(SystemExit):
+            parse("submit", flag, bad)
