@@ -308,3 +308,15 @@ def test_job_controls_that_cannot_work_are_a_422(
     for word in words:
         assert word in response.json()["message"], response.json()["message"]
     assert client.get("/jobs").json()["total"] == 0
+
+
+def test_the_median_pruner_stops_a_trial_below_the_completed_ones(database: Database) -> None:
+    study_id = make_study(database, trials=4, parallel=2, pruner="median")
+    made = trial_jobs(database, study_id)
+    end_trial(database, made[0][0], JobState.succeeded, [0.8, 0.9])
+    driver.drive(database, study_id)
+    report(database, made[1][0], [0.85])
+    assert not pruning.should_prune(database, made[1][0])  # above the median at epoch 1
+    made = trial_jobs(database, study_id)
+    report(database, made[2][0], [0.2])
+    assert pruning.should_prune(database, made[2][0])
