@@ -96,6 +96,16 @@ class Settings(BaseSettings):
         default=2, ge=1, le=64,
         description="Image uploads decoded at once; past it one waits 2 s, then gets 503.",
     )
+    max_job_rows: int = Field(
+        default=1_000_000, ge=1, le=1_000_000_000,
+        description="The most loss rows one job may write (epochs x batches per epoch); a "
+        "submission past it gets 422.",
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0, le=36_500,
+        description="When set, the API deletes finished jobs (and all they own) this many "
+        "days after they finished; unset: jobs are kept until deleted.",
+    )
     max_dataset_bytes: int = Field(
         default=200 * 1000 * 1000, ge=1024, le=64 * 1024**3,
         description="The largest dataset upload (POST /datasets); larger ones get 413.",

@@ -65,6 +65,12 @@ def upgrade(url: str, revision: str = "head") -> None:
             # Whoever held the lock before may have done it all.
             if revision == "head" and _at_head(connection, config):
                 return
+            if engine.dialect.name == "sqlite":
+                # Space freed by deletions can go back to the file system (the API's sweeper
+                # runs incremental_vacuum). It takes hold only in a file without tables yet;
+                # an older file is switched by `tapefit db compact`.
+                connection.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
+                connection.commit()
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
             if engine.dialect.name == "sqlite":

@@ -234,6 +234,11 @@ class JobSpec(Strict):
     batch_size: Int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     seed: Int = Field(default=0, ge=0, le=2**31 - 1)
+    priority: Int = Field(
+        default=0, ge=-1000, le=1000,
+        description="higher starts first among its key's queued jobs (between keys, the "
+        "queue is fair first: see the README's Keys and quotas); training ignores it",
+    )
     shuffle: Bool = Field(
         default=True,
         description="visit the training set in a new seeded order each epoch; false: in "
@@ -272,6 +277,12 @@ class JobRead(BaseModel):
     id: int
     state: JobState
     spec: JobSpec
+    owner: int | None = Field(
+        default=None,
+        description="the id of the API key that submitted it; null: the admin token (or made "
+        "before keys existed)",
+    )
+    owner_name: str | None = Field(default=None, description="that key's name")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -26,6 +26,7 @@ from service.api.routes import (
     tfserving,
     ui,
 )
+from service.api.routes import keys as key_routes
 from service.config import Settings, get_settings
 from service.datasets.upload import FORM_OVERHEAD as DATASET_FORM_OVERHEAD
 from service.db import Database
@@ -40,6 +41,7 @@ from service.studies.driver import drive_forever
 
 ROUTERS = (
     jobs.router,
+    key_routes.router,
     studies.router,
     metrics.router,
     events.router,
@@ -58,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(sweep_forever(app.state.database, settings))
+        sweeper = asyncio.create_task(
+            sweep_forever(app.state.database, settings, after=app.state.catalog.after_sweep)
+        )
         # Its own engine: a pass never waits for a request's connection, nor they for it.
         driver_database = Database(settings.sqlalchemy_url,
                                    busy_timeout=settings.sqlite_busy_timeout)

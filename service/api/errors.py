@@ -36,11 +36,15 @@ from service.datasets.errors import (
 from service.db import is_disk_full, is_transient
 from service.files import DiskFull
 from service.queue.event_hub import RETRY_AFTER_S, StreamsFull
-from service.queue.jobs import JobConflict, JobNotFound
+from service.queue.jobs import JobConflict, JobNotFound, JobTooLarge
 from service.serving.catalog import ModelNotFound
 from service.serving.imaging import ImageError, ImageTooLarge
 from service.serving.store import BadInput, ModelUnavailable
 from service.studies.trials import StudyConflict, StudyNotFound
+from service.tenancy.identity import ScopeMissing
+from service.tenancy.keys import KeyNotFound, KeysNeedAdminToken
+from service.tenancy.quotas import RETRY_AFTER_S as QUOTA_RETRY_AFTER_S
+from service.tenancy.quotas import QuotaExceeded
 
 log = logging.getLogger("tapefit.api")
 
@@ -71,6 +75,11 @@ TABLE: dict[type[Exception], Answer] = {
     ImageTooLarge: Answer(413, 413),
     BodyTooLarge: Answer(413, 413),
     StreamsFull: Answer(503, 503, retry_after=RETRY_AFTER_S),
+    JobTooLarge: Answer(422, 422, field="body"),
+    ScopeMissing: Answer(403, 403),  # a key's own job or model, but a scope it lacks
+    QuotaExceeded: Answer(429, 429, retry_after=QUOTA_RETRY_AFTER_S),
+    KeyNotFound: Answer(404, 404),
+    KeysNeedAdminToken: Answer(409, 409),
     DatasetError: Answer(422, 422, field="file"),
     DatasetTooLarge: Answer(413, 413),
     NotMultipart: Answer(415, 415),

@@ -9,13 +9,15 @@ from pydantic import BaseModel
 
 DESCRIPTIONS = {
     400: "Bad request",
-    401: "Missing or wrong token (when the server has one)",
+    401: "Missing, wrong or revoked token (when the server has one)",
+    403: "The API key lacks the scope this needs (the message names it)",
     404: "No such job or model",
     405: "A method this path does not take (see Allow)",
     409: "The job's state does not allow it",
     413: "The body is over the limit",
     415: "A body of a media type the route does not read",
     422: "Invalid input; `message` names the field",
+    429: "Over one of the API key's quotas; retry after Retry-After seconds",
     503: "The database is busy or unreachable; retry after Retry-After seconds",
 }
 

@@ -9,15 +9,16 @@ dead) cannot overwrite the history that the job's next worker writes.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
+from service.models import ApiKey, Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
 from service.queue import counters
 from service.schemas import EpochRead, JobState, finite_or_none
 
@@ -36,21 +37,67 @@ class Lease:
     token: int
 
 
-def claim_job(*, session: Session, worker_id: str) -> Lease | None:
-    """Atomically take the oldest queued job; None when the queue is empty.
+# Every claim on PostgreSQL holds this transaction-scoped advisory lock: claims run one at a
+# time, so each sees the running jobs every earlier claim started (fairness and max_running
+# are decided on committed counts). A claim takes about a millisecond.
+_CLAIM_LOCK_KEY = 0x7A9EF18
+# A job's owner for grouping: the admin's jobs (no owner) count as owner 0, which no key has.
+# A literal, not a bound parameter: PostgreSQL must see the same expression in GROUP BY.
+_OWNER = func.coalesce(Job.owner, literal_column("0"))
 
-    PostgreSQL locks the row and skips rows other workers hold. SQLite has one writer at a
+
+def _next_job() -> Select[tuple[int]]:
+    """The job the next claim takes, as a query: the fair order.
+
+    Owners first: the owner (an API key; the admin's jobs count as one owner) with the fewest
+    running jobs, and among those the one whose oldest job has waited longest; an owner at
+    its key's max_running is passed over. Then, among that owner's queued jobs, the highest
+    `priority`, then the oldest. One user's hundred queued jobs therefore take turns with
+    another's one. `claim_order` is the same rule in Python, for queue positions.
+    """
+    owner = _OWNER
+    queued = (
+        select(owner.label("owner"), func.min(Job.id).label("first"))
+        .where(Job.state == JobState.queued)
+        .group_by(owner)
+        .subquery("queued_owners")
+    )
+    running = (
+        select(owner.label("owner"), func.count().label("jobs"))
+        .where(Job.state == JobState.running)
+        .group_by(owner)
+        .subquery("running_owners")
+    )
+    busy = func.coalesce(running.c.jobs, 0)
+    return (
+        select(Job.id)
+        .join(queued, queued.c.owner == owner)
+        .outerjoin(running, running.c.owner == queued.c.owner)
+        .outerjoin(ApiKey, ApiKey.id == Job.owner)
+        .where(Job.state == JobState.queued,
+               or_(ApiKey.max_running.is_(None), busy < ApiKey.max_running))
+        .order_by(busy, queued.c.first, Job.priority.desc(), Job.id)
+        .limit(1)
+    )
+
+
+def claim_job(*, session: Session, worker_id: str) -> Lease | None:
+    """Atomically take the next queued job in the fair order (`_next_job`); None when no job
+    can start (the queue is empty, or every owner with queued jobs is at its max_running).
+
+    PostgreSQL: claims take turns under an advisory lock, and the chosen row is locked (a
+    row another transaction holds, a cancel for one, is skipped). SQLite has one writer at a
     time (the session began with BEGIN IMMEDIATE), so a single UPDATE ... RETURNING is atomic.
     """
     now = utcnow()
-    oldest = select(Job.id).where(Job.state == JobState.queued).order_by(Job.id).limit(1)
     if session.get_bind().dialect.name == "postgresql":
-        job_id = session.scalar(oldest.with_for_update(skip_locked=True))
+        session.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
+        job_id = session.scalar(_next_job().with_for_update(of=Job, skip_locked=True))
         if job_id is None:
             return None
         target = Job.id == job_id
     else:
-        target = Job.id == oldest.scalar_subquery()
+        target = Job.id == _next_job().scalar_subquery()
     claimed = session.execute(
         update(Job)
         .where(target, Job.state == JobState.queued)
@@ -68,6 +115,61 @@ def claim_job(*, session: Session, worker_id: str) -> Lease | None:
     if claimed is None:
         return None
     return Lease(job_id=claimed.id, worker_id=worker_id, token=claimed.lease_epoch)
+
+
+@dataclass(frozen=True)
+class ClaimOrder:
+    """Where each queued job stands: `positions[id]` is 1 for the job the next claim takes,
+    2 for the one after, and so on, if no running job ended meanwhile; `held` maps each job
+    that waits for one of its owner's running jobs to end (max_running) to that quota."""
+
+    positions: dict[int, int]
+    held: dict[int, int]
+
+
+def claim_order(*, session: Session) -> ClaimOrder:
+    """The fair order of `_next_job`, for every queued job at once: one read of the queued
+    jobs' ids, owners and priorities, one of the running counts, then the claims replayed."""
+    queued = session.execute(
+        select(Job.id, Job.owner, Job.priority).where(Job.state == JobState.queued)
+    ).all()
+    if not queued:
+        return ClaimOrder({}, {})
+    running = dict(session.execute(
+        select(_OWNER, func.count())
+        .where(Job.state == JobState.running)
+        .group_by(_OWNER)
+    ).all())
+    owners = {row.owner for row in queued if row.owner is not None}
+    limits = dict(session.execute(
+        select(ApiKey.id, ApiKey.max_running)
+        .where(ApiKey.id.in_(owners), ApiKey.max_running.is_not(None))
+    ).all()) if owners else {}
+    waiting: dict[int, list[tuple[int, int]]] = {}  # owner -> [(-priority, id)], a heap each
+    oldest: dict[int, list[int]] = {}  # owner -> ids, a heap each (claimed ones skipped)
+    for row in queued:
+        owner = row.owner or 0
+        waiting.setdefault(owner, []).append((-row.priority, row.id))
+        oldest.setdefault(owner, []).append(row.id)
+    for heap in (*waiting.values(), *oldest.values()):
+        heapq.heapify(heap)
+    claimed: set[int] = set()
+    turns = [(running.get(owner, 0), oldest[owner][0], owner) for owner in waiting]
+    heapq.heapify(turns)
+    positions: dict[int, int] = {}
+    while turns:
+        busy, _, owner = heapq.heappop(turns)
+        if owner in limits and busy >= limits[owner]:
+            continue  # at its max_running: the rest of its jobs wait for one to end
+        _, job_id = heapq.heappop(waiting[owner])
+        positions[job_id] = len(positions) + 1
+        claimed.add(job_id)
+        while oldest[owner] and oldest[owner][0] in claimed:
+            heapq.heappop(oldest[owner])
+        if waiting[owner]:
+            heapq.heappush(turns, (busy + 1, oldest[owner][0], owner))
+    held = {row.id: limits[row.owner or 0] for row in queued if row.id not in positions}
+    return ClaimOrder(positions, held)
 
 
 def _held(lease: Lease) -> list[Any]:

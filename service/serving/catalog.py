@@ -2,11 +2,15 @@
 
 Every succeeded job is servable under its id, and its version is that id. Aliases resolve at
 each request, so a job that finishes is served as `latest` (and maybe `best`) at once.
+An API key sees only its own jobs' models: another key's id is not found, and its `latest`
+and `best` are among its own jobs (an admin's, among all).
 The functions take a Session; `Catalog` is how the API uses them, a short session each.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +23,7 @@ from service.ids import PATTERN, parse_id
 from service.models import Artifact, Job, Study, StudyTrial
 from service.schemas import JobState
 from service.serving.store import ModelStore, ModelUnavailable
+from service.tenancy.identity import Identity
 
 LATEST = "latest"  # the newest succeeded job: the highest id, as TF Serving's latest version
 BEST = "best"  # the succeeded job with the highest test accuracy; the newer one on a tie
@@ -57,6 +62,7 @@ class ModelRef:
     job_id: int
     state: JobState
     error: str | None
+    owner: int | None = None  # the API key that made it (None: the admin)
 
     @property
     def version(self) -> str:
@@ -68,9 +74,13 @@ class ModelRef:
         return self.state in (JobState.succeeded, JobState.pruned)
 
 
-def find_model(*, session: Session, name: str, version: str | None = None) -> ModelRef:
-    """The job `name` means, whatever its state; ModelNotFound when none (or not `version`)."""
-    row = _lookup(session, name)
+def find_model(
+    *, session: Session, name: str, version: str | None = None,
+    identity: Identity = Identity.ADMIN,
+) -> ModelRef:
+    """The job `name` means to `identity`, whatever its state; ModelNotFound when none (or
+    not `version`, or another key's job)."""
+    row = _lookup(session, name, identity)
     if row is None:
         if name in ALIASES:
             raise ModelNotFound(f"no job has succeeded yet, so '{name}' names no model")
@@ -81,22 +91,26 @@ def find_model(*, session: Session, name: str, version: str | None = None) -> Mo
     return _check_version(_ref(name, row), version)
 
 
-def resolve(*, session: Session, name: str, version: str | None = None) -> ModelRef:
+def resolve(
+    *, session: Session, name: str, version: str | None = None,
+    identity: Identity = Identity.ADMIN,
+) -> ModelRef:
     """The servable model `name` means; ModelNotFound, or ModelNotReady when not trained."""
-    ref = find_model(session=session, name=name, version=version)
+    ref = find_model(session=session, name=name, version=version, identity=identity)
     if not ref.ready:
         raise ModelNotReady(ref.job_id, ref.state, ref.error)
     return ref
 
 
-def servable_names(*, session: Session, limit: int = 1_000) -> list[str]:
-    """The ids of succeeded jobs, newest first, then the aliases when any job has succeeded."""
-    ids: Sequence[int] = session.scalars(
-        select(Job.id)
-        .where(Job.state == JobState.succeeded)
-        .order_by(Job.id.desc())
-        .limit(limit)
-    ).all()
+def servable_names(
+    *, session: Session, limit: int = 1_000, identity: Identity = Identity.ADMIN
+) -> list[str]:
+    """The ids of the succeeded jobs `identity` sees, newest first, then the aliases when any
+    of them has succeeded."""
+    query = select(Job.id).where(Job.state == JobState.succeeded)
+    if identity.sees is not None:
+        query = query.where(Job.owner == identity.sees)
+    ids: Sequence[int] = session.scalars(query.order_by(Job.id.desc()).limit(limit)).all()
     return [str(job_id) for job_id in ids] + (list(ALIASES) if ids else [])
 
 
@@ -108,13 +122,23 @@ def database_ready(*, session: Session) -> bool:
 # Built once: constructing a statement costs more than running it on SQLite. Core columns,
 # not ORM attributes, skip the ORM's compile step for a three-column read.
 _JOBS = Job.__table__.c
-_COLUMNS = select(_JOBS.id, _JOBS.state, _JOBS.error)
+_COLUMNS = select(_JOBS.id, _JOBS.state, _JOBS.error, _JOBS.owner)
 _SUCCEEDED = _COLUMNS.where(_JOBS.state == JobState.succeeded.value)
+_OWNED = _SUCCEEDED.where(_JOBS.owner == bindparam("owner"))
 _BY_ID = _COLUMNS.where(_JOBS.id == bindparam("job_id"))
+_NEWEST = (_JOBS.id.desc(),)
+_MOST_ACCURATE = (_JOBS.test_accuracy.desc().nulls_last(), _JOBS.id.desc())
 _BY_ALIAS = {
-    LATEST: _SUCCEEDED.order_by(_JOBS.id.desc()).limit(1),
-    BEST: _SUCCEEDED.order_by(_JOBS.test_accuracy.desc().nulls_last(), _JOBS.id.desc()).limit(1),
+    LATEST: _SUCCEEDED.order_by(*_NEWEST).limit(1),
+    BEST: _SUCCEEDED.order_by(*_MOST_ACCURATE).limit(1),
 }
+# A key's own aliases: its newest and its most accurate job.
+_BY_OWNED_ALIAS = {
+    LATEST: _OWNED.order_by(*_NEWEST).limit(1),
+    BEST: _OWNED.order_by(*_MOST_ACCURATE).limit(1),
+}
+
+_Row = Row[tuple[int, str, str | None, int | None]]
 
 
 def _best_of_study(session: Session, study_id: int) -> int | None:
@@ -132,19 +156,28 @@ def _best_of_study(session: Session, study_id: int) -> int | None:
     )
 
 
-def _lookup(session: Session, name: str) -> Row[tuple[int, str, str | None]] | None:
+def _lookup(session: Session, name: str, identity: Identity) -> _Row | None:
     if name.startswith(STUDY_PREFIX):
         study_id = parse_id(name.removeprefix(STUDY_PREFIX))
         best = _best_of_study(session, study_id) if study_id is not None else None
-        return session.execute(_BY_ID, {"job_id": best}).first() if best is not None else None
+        if best is None:
+            return None
+        row = session.execute(_BY_ID, {"job_id": best}).first()
+        return row if row is not None and identity.can_see(row.owner) else None
     if name in _BY_ALIAS:
-        return session.execute(_BY_ALIAS[name]).first()
+        if identity.sees is None:
+            return session.execute(_BY_ALIAS[name]).first()
+        return session.execute(_BY_OWNED_ALIAS[name], {"owner": identity.sees}).first()
     job_id = parse_id(name)
-    return session.execute(_BY_ID, {"job_id": job_id}).first() if job_id is not None else None
+    if job_id is None:
+        return None
+    row = session.execute(_BY_ID, {"job_id": job_id}).first()
+    return row if row is not None and identity.can_see(row.owner) else None
 
 
-def _ref(name: str, row: Row[tuple[int, str, str | None]]) -> ModelRef:
-    return ModelRef(name=name, job_id=row.id, state=JobState(row.state), error=row.error)
+def _ref(name: str, row: _Row) -> ModelRef:
+    return ModelRef(name=name, job_id=row.id, state=JobState(row.state), error=row.error,
+                    owner=row.owner)
 
 
 def _check_version(ref: ModelRef, version: str | None) -> ModelRef:
@@ -156,36 +189,59 @@ def _check_version(ref: ModelRef, version: str | None) -> ModelRef:
     return ref
 
 
+@dataclass(frozen=True)
+class _Known:
+    """A succeeded job this process has served: its owner, its model's hash once fetched,
+    and when its row was last seen."""
+
+    owner: int | None
+    sha256: str | None
+    seen: float  # time.monotonic()
+
+
 class Catalog:
-    """The models as the API serves them: each lookup in its own short read session, and the
-    hash of each succeeded job's model remembered, so a prediction by job id costs no query
-    (under load a query costs more than the inference). That is safe because succeeded is a
-    final state and a model never changes. Aliases are looked up every time: they move
-    whenever a job succeeds."""
+    """The models as the API serves them: each lookup in its own short read session, and
+    each succeeded job's owner and model hash remembered, so a prediction by job id costs no
+    query (under load a query costs more than the inference). Succeeded is a final state and
+    a model never changes; only deletion ends a job, so a remembered job is looked up again
+    once RECHECK_AFTER seconds have passed: a job deleted through another API process is
+    404 here within that time, and at once when deleted through this one (`forget`).
+    Aliases are looked up every time: they move whenever a job succeeds."""
 
     _MAX_REMEMBERED = 100_000
+    RECHECK_AFTER = 5.0
 
     def __init__(self, *, database: Database, store: ModelStore) -> None:
         self.database = database
         self.store = store
-        # Succeeded job ids, and their model's sha256 once it was fetched.
-        self._succeeded: dict[int, str | None] = {}
+        self._known: dict[int, _Known] = {}
+        self._lock = threading.Lock()
 
-    def find(self, name: str, version: str | None = None) -> ModelRef:
-        """The job `name` means, in whatever state (see `find_model`)."""
+    def find(
+        self, name: str, version: str | None = None, *, identity: Identity = Identity.ADMIN
+    ) -> ModelRef:
+        """The job `name` means to `identity`, in whatever state (see `find_model`)."""
         with self.database.session() as session:
-            ref = find_model(session=session, name=name, version=version)
+            ref = find_model(session=session, name=name, version=version, identity=identity)
         if ref.ready:
-            self._remember(ref.job_id, self._succeeded.get(ref.job_id))
+            known = self._known.get(ref.job_id)
+            self._remember(ref.job_id, ref.owner, known.sha256 if known else None)
         return ref
 
-    def resolve(self, name: str, version: str | None = None) -> ModelRef:
-        """The servable model `name` means (see `resolve`)."""
+    def resolve(
+        self, name: str, version: str | None = None, *, identity: Identity = Identity.ADMIN
+    ) -> ModelRef:
+        """The servable model `name` means to `identity` (see `resolve`)."""
         job_id = parse_id(name)
-        if job_id is not None and job_id in self._succeeded:
-            ref = ModelRef(name=name, job_id=job_id, state=JobState.succeeded, error=None)
+        known = self._known.get(job_id) if job_id is not None else None
+        if known is not None and time.monotonic() - known.seen < self.RECHECK_AFTER:
+            if not identity.can_see(known.owner):
+                raise ModelNotFound(f"model '{name}' not found: a name is a job id, latest "
+                                    "or best")
+            ref = ModelRef(name=name, job_id=job_id, state=JobState.succeeded, error=None,
+                           owner=known.owner)
             return _check_version(ref, version)
-        ref = self.find(name, version)
+        ref = self.find(name, version, identity=identity)
         if not ref.ready:
             raise ModelNotReady(ref.job_id, ref.state, ref.error)
         return ref
@@ -206,32 +262,74 @@ class Catalog:
     def cache(self, job_id: int) -> str:
         """The model's hash, with its bytes in the store: copied from the database (the
         worker that trained it may share nothing else with this API) and checked there."""
-        sha256 = self._succeeded.get(job_id)
-        if sha256 is not None and self.store.has(sha256):
-            return sha256
+        known = self._known.get(job_id)
+        if known is not None and known.sha256 is not None and self.store.has(known.sha256):
+            return known.sha256
         with self.database.session() as session:
-            sha256 = session.scalar(select(Artifact.sha256).where(Artifact.job_id == job_id))
-            if sha256 is None:
+            row = session.execute(
+                select(Artifact.sha256, Job.owner).join(Job, Job.id == Artifact.job_id)
+                .where(Artifact.job_id == job_id)
+            ).first()
+            if row is None:
                 raise ModelUnavailable(f"job {job_id} has no trained model")
+            sha256 = row.sha256
             if not self.store.has(sha256):
                 content = session.scalar(
                     select(Artifact.content).where(Artifact.job_id == job_id)
                 )
                 self.store.put(sha256, content)
-        self._remember(job_id, sha256)
+        self._remember(job_id, row.owner, sha256)
         return sha256
 
-    def names(self) -> list[str]:
+    def forget(self, job_id: int, sha256: str | None) -> None:
+        """A job was deleted: it is no model from now on, and its file leaves the cache
+        unless another job's model has the same bytes."""
+        with self._lock:
+            self._known.pop(job_id, None)
+        if sha256 is None:
+            return
+        with self.database.session() as session:
+            shared = session.scalar(select(Artifact.job_id).where(Artifact.sha256 == sha256)
+                                    .limit(1))
+        if shared is None:
+            self.store.discard(sha256)
+
+    def prune(self) -> list[str]:
+        """Drop cached model files that no job's model has any more (jobs deleted through
+        another API process, or by retention); returns their hashes."""
+        cached = self.store.cached()
+        if not cached:
+            return []
+        live: set[str] = set()
+        with self.database.session() as session:
+            for start in range(0, len(cached), 500):
+                live.update(session.scalars(
+                    select(Artifact.sha256).where(Artifact.sha256.in_(cached[start:start + 500]))
+                ).all())
+        gone = [sha256 for sha256 in cached if sha256 not in live]
+        for sha256 in gone:
+            self.store.discard(sha256)
+        return gone
+
+    def after_sweep(self, deleted: Sequence[tuple[int, str | None]]) -> None:
+        """After each pass of the API's sweeper: forget the jobs it deleted (retention), and
+        drop the files of models deleted elsewhere."""
+        for job_id, sha256 in deleted:
+            self.forget(job_id, sha256)
+        self.prune()
+
+    def names(self, *, identity: Identity = Identity.ADMIN) -> list[str]:
         """See `servable_names`."""
         with self.database.session() as session:
-            return servable_names(session=session)
+            return servable_names(session=session, identity=identity)
 
     def database_ready(self) -> bool:
         """See `database_ready`."""
         with self.database.session() as session:
             return database_ready(session=session)
 
-    def _remember(self, job_id: int, sha256: str | None) -> None:
-        if len(self._succeeded) >= self._MAX_REMEMBERED:
-            self._succeeded.clear()  # crude but bounded; the next lookups refill it
-        self._succeeded[job_id] = sha256
+    def _remember(self, job_id: int, owner: int | None, sha256: str | None) -> None:
+        with self._lock:
+            if len(self._known) >= self._MAX_REMEMBERED:
+                self._known.clear()  # crude but bounded; the next lookups refill it
+            self._known[job_id] = _Known(owner, sha256, time.monotonic())

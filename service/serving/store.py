@@ -117,6 +117,19 @@ class ModelStore:
         _verify(sha256, content)
         write_atomically(self._path(sha256), content)
 
+    def discard(self, sha256: str) -> None:
+        """Forget a model: its loaded interpreter and its file (its job was deleted)."""
+        with self._lock:
+            self._models.pop(sha256, None)
+        self._path(sha256).unlink(missing_ok=True)
+
+    def cached(self) -> list[str]:
+        """The hashes of the model files here."""
+        if not self.models_dir.is_dir():
+            return []
+        return [path.stem for path in self.models_dir.glob("*.tflite")
+                if _SHA256.fullmatch(path.stem)]
+
     def content(self, sha256: str) -> bytes:
         """The model's bytes, checked against their hash."""
         try:

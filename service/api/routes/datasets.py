@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import SessionDep, WriteSessionDep
+from service.api.deps import SessionDep, TrainerDep, WriteSessionDep
 from service.api.responses import errors
 from service.datasets import builtin, ingest, storage
 from service.datasets.errors import DatasetConflict, DatasetNotFound
@@ -75,9 +75,11 @@ def _parse(dataset_id: str) -> int | None:
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetDetail,
     openapi_extra=_BODY,
-    responses=errors(413, 415, 422, 503),
+    responses=errors(403, 413, 415, 422, 503),
 )
-async def upload_dataset(request: Request, response: Response) -> DatasetDetail:
+async def upload_dataset(
+    identity: TrainerDep, request: Request, response: Response
+) -> DatasetDetail:
     """Upload a dataset (multipart `file`: .npz, .csv or .zip of class folders); 201 once
     it is checked, split and stored."""
     settings = request.app.state.settings
@@ -137,8 +139,10 @@ def dataset_samples(session: SessionDep, dataset_id: DatasetId) -> DatasetSample
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses=errors(404, 409, 503))
-def delete_dataset(session: WriteSessionDep, dataset_id: DatasetId) -> Response:
+               responses=errors(403, 404, 409, 503))
+def delete_dataset(
+    identity: TrainerDep, session: WriteSessionDep, dataset_id: DatasetId
+) -> Response:
     """Delete a dataset (409 while a queued or running job uses it)."""
     parsed = _parse(dataset_id)
     if parsed is None:

@@ -1,15 +1,23 @@
-"""Submit, list, read and cancel training jobs."""
+"""Submit, list, read, cancel and delete training jobs: each key its own (an admin, all)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from service.api.deps import JobIdDep, SessionDep, WriteSessionDep
+from service.api.deps import (
+    IdentityDep,
+    JobIdDep,
+    SessionDep,
+    TrainerDep,
+    WriteSessionDep,
+)
 from service.api.responses import errors
+from service.api.serving_deps import CatalogDep
 from service.queue import jobs
 from service.schemas import JobRead, JobSpec, JobsRead, JobState
+from service.tenancy import quotas
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -19,10 +27,12 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     status_code=status.HTTP_201_CREATED,
     response_model=JobRead,
     responses={200: {"model": JobRead, "description": "A retry with the same Idempotency-Key"},
-               **errors(409, 413, 415, 503)},
+               **errors(403, 409, 413, 415, 429, 503)},
 )
 def submit_job(
+    identity: TrainerDep,  # first: a key without the scope never takes the write lock
     session: WriteSessionDep,
+    request: Request,
     response: Response,
     spec: JobSpec | None = None,
     idempotency_key: Annotated[
@@ -30,15 +40,20 @@ def submit_job(
         Header(max_length=255, description="A retry with the same key returns the same job."),
     ] = None,
 ) -> JobRead:
-    """Queue a training job; every field is optional and defaults to the book's example."""
+    """Queue a training job; every field is optional and defaults to the book's example.
+    422 past TAPEFIT_MAX_JOB_ROWS loss rows; 429 past the key's max_queued."""
     spec = spec or JobSpec()
     earlier = idempotency_key and jobs.find_submission(
-        session=session, idempotency_key=idempotency_key, spec=spec
+        session=session, idempotency_key=idempotency_key, spec=spec, owner=identity.owner
     )
     if earlier:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
-    job = earlier or jobs.submit_job(session=session, spec=spec, idempotency_key=idempotency_key)
+    else:
+        jobs.check_size(spec, request.app.state.settings.max_job_rows)
+        quotas.check_submit(session=session, identity=identity)
+    job = earlier or jobs.submit_job(session=session, spec=spec,
+                                     idempotency_key=idempotency_key, owner=identity.owner)
     response.headers["Location"] = f"/jobs/{job.id}"
     return jobs.describe(job)
 
@@ -46,12 +61,15 @@ def submit_job(
 @router.get("", response_model=JobsRead)
 def list_jobs(
     session: SessionDep,
+    identity: IdentityDep,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> JobsRead:
-    """Jobs, newest first, optionally only those in one state."""
-    rows, total = jobs.list_jobs(session=session, state=state, limit=limit, offset=offset)
+    """Jobs, newest first, optionally only those in one state: a key's own (an admin's: all,
+    each with its owner)."""
+    rows, total = jobs.list_jobs(session=session, state=state, limit=limit, offset=offset,
+                                 identity=identity)
     return JobsRead(
         items=jobs.describe_page(session=session, jobs=rows), total=total, limit=limit,
         offset=offset,
@@ -64,7 +82,19 @@ def read_job(session: SessionDep, job_id: JobIdDep) -> JobRead:
     return jobs.describe(jobs.get_job(session=session, job_id=job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead, responses=errors(404, 409, 503))
-def cancel_job(session: WriteSessionDep, job_id: JobIdDep) -> JobRead:
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=errors(403, 404, 409, 503))
+def cancel_job(job_id: JobIdDep, identity: TrainerDep, session: WriteSessionDep) -> JobRead:
     """Cancel a queued job now, or stop a running one within a second (409 when finished)."""
     return jobs.describe(jobs.cancel_job(session=session, job_id=job_id))
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+               responses=errors(403, 404, 409, 503))
+def delete_job(
+    job_id: JobIdDep, identity: TrainerDep, request: Request, catalog: CatalogDep
+) -> Response:
+    """Delete a finished job with its loss rows, epochs, checkpoint and model (409 while it
+    is queued or running: cancel it first); every route of it is then 404."""
+    sha256 = jobs.delete_job(database=request.app.state.database, job_id=job_id)
+    catalog.forget(job_id, sha256)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

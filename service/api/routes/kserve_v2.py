@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 
-from service.api.deps import Name, Version
+from service.api.deps import IdentityDep, Name, Version
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep
 from service.serving import kserve_v2 as open_inference
 from service.serving.catalog import Catalog, ModelRef
+from service.tenancy.identity import Identity
 
 router = APIRouter(
     prefix="/v2",
@@ -44,55 +45,60 @@ def ready(catalog: CatalogDep) -> dict[str, bool]:
 
 
 @router.get("/models")
-def list_models(catalog: CatalogDep) -> dict[str, list[str]]:
+def list_models(catalog: CatalogDep, identity: IdentityDep) -> dict[str, list[str]]:
     """The servable models: succeeded jobs' ids, newest first, then `latest` and `best`."""
-    return {"models": catalog.names()}
+    return {"models": catalog.names(identity=identity)}
 
 
 @router.get("/models/{name}")
-def model_metadata(catalog: CatalogDep, name: Name) -> dict[str, Any]:
+def model_metadata(catalog: CatalogDep, identity: IdentityDep, name: Name) -> dict[str, Any]:
     """The model's version, its FP32 input in its own shape ([-1, 784], or [-1, 28, 28, 1]
     for a convnet) and its outputs."""
-    return _metadata(catalog, catalog.resolve(name))
+    return _metadata(catalog, catalog.resolve(name, identity=identity))
 
 
 @router.get("/models/{name}/versions/{version}")
-def version_metadata(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
+def version_metadata(
+    catalog: CatalogDep, identity: IdentityDep, name: Name, version: Version
+) -> dict[str, Any]:
     """One version's metadata; the version is the job id."""
-    ref = catalog.resolve(name, version)
+    ref = catalog.resolve(name, version, identity=identity)
     return _metadata(catalog, ref)
 
 
 @router.get("/models/{name}/ready")
-def model_ready(catalog: CatalogDep, name: Name) -> dict[str, Any]:
+def model_ready(catalog: CatalogDep, identity: IdentityDep, name: Name) -> dict[str, Any]:
     """200 with ready true once trained; 400 while the job is not, 404 for an unknown name."""
-    ref = catalog.resolve(name)
+    ref = catalog.resolve(name, identity=identity)
     return {"name": ref.name, "ready": True}
 
 
 @router.get("/models/{name}/versions/{version}/ready")
-def version_ready(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
+def version_ready(
+    catalog: CatalogDep, identity: IdentityDep, name: Name, version: Version
+) -> dict[str, Any]:
     """Readiness of one version of the model."""
-    ref = catalog.resolve(name, version)
+    ref = catalog.resolve(name, version, identity=identity)
     return {"name": ref.name, "ready": True}
 
 
 @router.post("/models/{name}/infer")
 def infer(
-    catalog: CatalogDep, name: Name, body: BodyDep, length: HeaderLength = None
+    catalog: CatalogDep, identity: IdentityDep, name: Name, body: BodyDep,
+    length: HeaderLength = None,
 ) -> Response:
     """Probabilities (and the digit when asked) for FP32 [N, 784], [N, 28, 28] or
     [N, 28, 28, 1] images."""
-    return _infer(catalog, body, length, name=name, version=None)
+    return _infer(catalog, body, length, name=name, version=None, identity=identity)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
 def version_infer(
-    catalog: CatalogDep, name: Name, version: Version, body: BodyDep,
+    catalog: CatalogDep, identity: IdentityDep, name: Name, version: Version, body: BodyDep,
     length: HeaderLength = None,
 ) -> Response:
     """Inference with one version of the model; another version than its job id is a 404."""
-    return _infer(catalog, body, length, name=name, version=version)
+    return _infer(catalog, body, length, name=name, version=version, identity=identity)
 
 
 def _metadata(catalog: Catalog, ref: ModelRef) -> dict[str, Any]:
@@ -101,9 +107,9 @@ def _metadata(catalog: Catalog, ref: ModelRef) -> dict[str, Any]:
 
 def _infer(
     catalog: Catalog, body: bytes, length: str | None, *,
-    name: str, version: str | None,
+    name: str, version: str | None, identity: Identity,
 ) -> Response:
-    ref = catalog.resolve(name, version)
+    ref = catalog.resolve(name, version, identity=identity)
     call = open_inference.parse_infer(body, length)
     probabilities = catalog.predict(ref, call.images)
     content, headers = open_inference.infer_response(ref, call, probabilities)

@@ -21,6 +21,7 @@ from starlette.datastructures import State, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
 
+from service.api.deps import IdentityDep
 from service.api.responses import ErrorRead, errors
 from service.api.serving_deps import CatalogDep, body_limit, read_capped
 from service.schemas import ExplainedPrediction, ExplainedPredictResponse, PredictRequest
@@ -151,12 +152,13 @@ InputDep = Annotated[bytes | np.ndarray, Depends(read_input)]
     responses=_RESPONSES,
 )
 def predict(
-    catalog: CatalogDep, job_id: str, payload: InputDep, explain: bool = False
+    catalog: CatalogDep, identity: IdentityDep, job_id: str, payload: InputDep,
+    explain: bool = False,
 ) -> Response:
     """Digits and 10 probabilities for JSON images in [0, 1] or an uploaded PNG/JPEG digit."""
     # The body first: a bad one is a 422 whatever the model's name.
     images = read_instances(payload) if isinstance(payload, bytes) else None
-    model = catalog.resolve(job_id)
+    model = catalog.resolve(job_id, identity=identity)
     if images is not None:
         return _response(catalog.predict(model, images))
     return _response(catalog.predict(model, payload), seen=payload if explain else None)
@@ -179,9 +181,9 @@ def _response(probabilities: np.ndarray, seen: np.ndarray | None = None) -> Resp
 
 @router.get("/model", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}, **errors(404, 409)})
-def download_model(catalog: CatalogDep, job_id: str) -> Response:
+def download_model(catalog: CatalogDep, identity: IdentityDep, job_id: str) -> Response:
     """The trained model as a .tflite file, for LiteRT or TensorFlow Lite."""
-    model = catalog.resolve(job_id)
+    model = catalog.resolve(job_id, identity=identity)
     return Response(
         catalog.content(model),
         media_type="application/octet-stream",

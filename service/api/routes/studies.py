@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import SessionDep, WriteSessionDep
+from service.api.deps import SessionDep, WriteSessionDep, requires
 from service.api.responses import ErrorRead, errors
 from service.api.routes.events import EventStreamResponse
 from service.ids import PATTERN, parse_id
@@ -16,8 +16,12 @@ from service.queue.event_hub import EventHubs
 from service.studies import events, studies
 from service.studies.schemas import StudiesRead, StudyCreate, StudyRead
 from service.studies.trials import StudyNotFound
+from service.tenancy.identity import Scope
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+# Studies are the admin's until they carry an owner as jobs do: a study's trials are made
+# by the API, not by a key, so a key could neither see them nor tell its studies apart.
+router = APIRouter(prefix="/studies", tags=["studies"], responses=errors(403),
+                   dependencies=[Depends(requires(Scope.admin))])
 
 
 def parse_study_id(

@@ -14,12 +14,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from service.api.deps import Name, Version
+from service.api.deps import IdentityDep, Name, Version
 from service.api.errors import error_response
 from service.api.responses import protocol_errors
 from service.api.serving_deps import BodyDep, CatalogDep
 from service.serving import tfserving
 from service.serving.catalog import Catalog, ModelRef
+from service.tenancy.identity import Identity
 
 
 class _Segment(StringConvertor):
@@ -39,50 +40,56 @@ router = APIRouter(
 
 
 @router.get("/{name:segment}")
-def model_status(catalog: CatalogDep, name: Name) -> dict[str, Any]:
+def model_status(catalog: CatalogDep, identity: IdentityDep, name: Name) -> dict[str, Any]:
     """The model's version and state (AVAILABLE once trained), with KServe v1's `ready`."""
-    return tfserving.model_status(catalog.find(name))
+    return tfserving.model_status(catalog.find(name, identity=identity))
 
 
 @router.get("/{name:segment}/versions/{version:segment}")
-def version_status(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
+def version_status(
+    catalog: CatalogDep, identity: IdentityDep, name: Name, version: Version
+) -> dict[str, Any]:
     """The state of one version of the model; the version is its job id."""
-    return tfserving.model_status(catalog.find(name, version))
+    return tfserving.model_status(catalog.find(name, version, identity=identity))
 
 
 @router.get("/{name:segment}/metadata")
-def model_metadata(catalog: CatalogDep, name: Name) -> dict[str, Any]:
+def model_metadata(catalog: CatalogDep, identity: IdentityDep, name: Name) -> dict[str, Any]:
     """The serving signature: DT_FLOAT images in the model's own shape ([-1, 784], or
     [-1, 28, 28, 1] for a convnet), probabilities [-1, 10] out."""
-    return _metadata(catalog, catalog.resolve(name))
+    return _metadata(catalog, catalog.resolve(name, identity=identity))
 
 
 @router.get("/{name:segment}/versions/{version:segment}/metadata")
-def version_metadata(catalog: CatalogDep, name: Name, version: Version) -> dict[str, Any]:
+def version_metadata(
+    catalog: CatalogDep, identity: IdentityDep, name: Name, version: Version
+) -> dict[str, Any]:
     """The serving signature of one version of the model."""
-    return _metadata(catalog, catalog.resolve(name, version))
+    return _metadata(catalog, catalog.resolve(name, version, identity=identity))
 
 
 @router.post("/{name:segment}:predict")
-def predict(catalog: CatalogDep, name: Name, body: BodyDep) -> JSONResponse:
+def predict(catalog: CatalogDep, identity: IdentityDep, name: Name, body: BodyDep) -> JSONResponse:
     """Rows (`instances` → `predictions`) or columns (`inputs` → `outputs`) of probabilities."""
-    return _predict(catalog, body, name=name, version=None)
+    return _predict(catalog, body, name=name, version=None, identity=identity)
 
 
 @router.post("/{name:segment}/versions/{version:segment}:predict")
 def version_predict(
-    catalog: CatalogDep, name: Name, version: Version, body: BodyDep
+    catalog: CatalogDep, identity: IdentityDep, name: Name, version: Version, body: BodyDep
 ) -> JSONResponse:
     """Predict with one version of the model; another version than its job id is a 404."""
-    return _predict(catalog, body, name=name, version=version)
+    return _predict(catalog, body, name=name, version=version, identity=identity)
 
 
 def _metadata(catalog: Catalog, ref: ModelRef) -> dict[str, Any]:
     return tfserving.model_metadata(ref, catalog.input_shape(ref))
 
 
-def _predict(catalog: Catalog, body: bytes, *, name: str, version: str | None) -> JSONResponse:
-    ref = catalog.resolve(name, version)
+def _predict(
+    catalog: Catalog, body: bytes, *, name: str, version: str | None, identity: Identity
+) -> JSONResponse:
+    ref = catalog.resolve(name, version, identity=identity)
     call = tfserving.parse_predict(body)
     probabilities = catalog.predict(ref, call.images)
     # A ready response: FastAPI would validate a returned dict again, in one more thread hop.
