@@ -305,3 +305,19 @@ class StudyTrial(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+
+class JobDataset(Base):
+    """The uploaded dataset a job trains on, as it was when the job was submitted: its model
+    answers in these labels and reads this shape even after the dataset is deleted. A job on
+    the built-in MNIST has none."""
+
+    __tablename__ = "job_datasets"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset_id: Mapped[int] = mapped_column(Integer)  # no foreign key: it may be deleted
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # image or tabular
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    classes: Mapped[list[str]] = mapped_column(JSON)

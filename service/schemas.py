@@ -7,9 +7,10 @@ so this module is the contract between the API and the worker.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -110,8 +111,22 @@ class ModelSpec(Strict):
                         f"layers[{index}] ({layer.type}): the naive implementation has dense "
                         "layers only (the book's NaiveDense); use keras for this layer"
                     )
-        check_model(layers, MNIST_INPUT_SHAPE)  # a ShapeError is a ValueError: a 422
+        if _CHECK_ON_MNIST.get():
+            check_model(layers, MNIST_INPUT_SHAPE)  # a ShapeError is a ValueError: a 422
         return layers
+
+
+# Whether a job's layers are checked on MNIST's input as they are parsed: yes, unless the job
+# names an uploaded dataset, whose input shape and classes only the database knows; the API
+# checks those when the job is submitted (service/datasets/jobs.py).
+_CHECK_ON_MNIST: ContextVar[bool] = ContextVar("check_on_mnist", default=True)
+
+
+def _names_an_upload(data: object) -> bool:
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if isinstance(dataset, DatasetSpec):
+        return dataset.id is not None
+    return isinstance(dataset, dict) and dataset.get("id") is not None
 
 
 MAX_DECAY_STEPS = 10_000_000
@@ -196,10 +211,29 @@ class OptimizerSpec(Strict):
         return self
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class DatasetSpec(Strict):
-    name: Literal["mnist"] = "mnist"
+    """The data a job trains on: the built-in MNIST (`{"name": "mnist"}`, the default) or an
+    uploaded dataset (`{"id": 3}`, see POST /datasets)."""
+
+    name: Literal["mnist"] | None = Field(
+        default=None, exclude_if=_is_none, description="mnist: the default when no id is given"
+    )
+    id: Int | None = Field(default=None, ge=1, le=2**31 - 1, exclude_if=_is_none,
+                           description="an uploaded dataset's id (GET /datasets)")
     train_limit: Int | None = Field(default=None, ge=1, le=60_000)
     test_limit: Int | None = Field(default=None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> DatasetSpec:
+        if self.id is not None and self.name is not None:
+            raise ValueError("name the dataset by its id, or as mnist: not both")
+        if self.id is None:
+            self.name = "mnist"
+        return self
 
 
 class EarlyStoppingSpec(Strict):
@@ -250,6 +284,16 @@ class JobSpec(Strict):
         "val_accuracy each epoch; selection uses it, never the test set",
     )
     early_stopping: EarlyStoppingSpec | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _layers_checked_on_their_dataset(cls, data: Any, handler: Any) -> JobSpec:
+        # An uploaded dataset's shape and classes are checked at submit, not on MNIST's.
+        token = _CHECK_ON_MNIST.set(not _names_an_upload(data))
+        try:
+            return handler(data)
+        finally:
+            _CHECK_ON_MNIST.reset(token)
 
     @model_validator(mode="after")
     def _monitor_needs_validation(self) -> JobSpec:
@@ -398,8 +442,14 @@ class PredictRequest(Strict):
 
 
 class Prediction(BaseModel):
-    digit: int
-    probabilities: list[float]
+    """One instance's prediction, in the labels of the dataset the model was trained on."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    label: str = Field(description="the predicted class's name")
+    class_: int = Field(alias="class", description="its index in the dataset's classes")
+    digit: int | None = Field(default=None, description="MNIST models: the digit read")
+    probabilities: list[float] = Field(description="one per class, ordered as its classes")
 
 
 class PredictResponse(BaseModel):
@@ -414,9 +464,10 @@ def finite_or_none(value: float | None) -> float | None:
 
 
 class ExplainedPrediction(Prediction):
-    image: list[list[float]] | None = Field(
+    image: list[list[float]] | list[list[list[float]]] | None = Field(
         default=None,
-        description="an uploaded image as the model saw it, 28 rows of 28 (with ?explain=1)",
+        description="an uploaded image as the model saw it (with ?explain=1): 28 rows of 28 "
+        "for MNIST, the dataset's height x width (x 3 for RGB) otherwise",
     )
 
 

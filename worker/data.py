@@ -1,13 +1,19 @@
-"""MNIST loading: an .npz, a folder of IDX files, or keras' download.
+"""A job's data: the built-in MNIST (an .npz, a folder of IDX files, or keras' download), or
+an uploaded dataset (service/datasets/), fetched from the database into this worker's data
+dir, checked against its sha256, and prepared the way it was at upload.
 
-Every way in ends in the same checks and the book's preparation (flatten to 784 values,
-divide by 255). A worker runs many jobs on the same files, so parsed arrays are cached
-in-process, keyed by the files' identity (path, size, mtime).
+Every way in ends in the same shape: x float32 rows (N, values per sample), y int32 class
+indices. MNIST gets the book's preparation (flatten to 784 values, divide by 255); an
+uploaded image dataset is scaled to [0, 1] too; a tabular one is standardised with its
+training split's mean and standard deviation, which its exported model then includes. A
+worker runs many jobs on the same data, so prepared arrays are cached in-process, keyed by
+the files' identity (path, size, mtime; an upload's sha256).
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import zipfile
 import zlib
@@ -16,6 +22,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from service.config import Settings
+from service.datasets import jobs as job_datasets
+from service.datasets import storage
+from service.datasets.errors import DatasetError, DatasetNotFound
+from service.db import Database
+from service.schemas import DatasetSpec
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 IDX_FILES = {
@@ -34,7 +47,8 @@ class DataError(Exception):
 
 @dataclass(frozen=True, eq=False)
 class Mnist:
-    """Prepared MNIST: x float32 (N, 784) in [0, 1], y int32 (N,) digits 0-9; read-only."""
+    """Prepared data, read-only: x float32 (N, values per sample), y int32 (N,) class indices.
+    For MNIST itself, x is (N, 784) in [0, 1] and y the digits 0-9."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -165,5 +179,81 @@ def _prepare(arrays: dict[str, np.ndarray]) -> Mnist:
         prepared[f"y_{split}"] = y.astype(np.int32)
     for array in prepared.values():
         # The cache shares these arrays between jobs: no job may change them.
+        array.setflags(write=False)
+    return Mnist(**prepared)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a job's model reads and answers in: one sample's shape, the class names, and the
+    standardisation (mean, std) its export includes (tabular datasets only)."""
+
+    input_shape: tuple[int, ...]
+    classes: tuple[str, ...]
+    standardize: tuple[np.ndarray, np.ndarray] | None = None
+
+
+MNIST_INFO = DataInfo((28, 28, 1), tuple(str(digit) for digit in range(10)))
+
+
+def load_job_data(
+    spec: DatasetSpec, *, settings: Settings, database: Database, job_id: int
+) -> tuple[Mnist, DataInfo]:
+    """The data job `job_id`'s spec names, limited as it asks, and what its model reads.
+    DataError when the dataset is gone or unusable; a full disk (no room for the copy) is
+    raised."""
+    if spec.id is None:
+        data, info = load_mnist(settings.mnist_path), MNIST_INFO
+    else:
+        data, info = load_uploaded(spec.id, settings=settings, database=database,
+                                   job_id=job_id)
+    return limited(data, spec.train_limit, spec.test_limit), info
+
+
+def load_uploaded(
+    dataset_id: int, *, settings: Settings, database: Database, job_id: int
+) -> tuple[Mnist, DataInfo]:
+    """An uploaded dataset, prepared: copied once into this worker's data dir (no shared
+    disk is needed) and checked against the sha256 its row holds. The job keeps what the
+    dataset is (its labels, for its model), if its submission did not already."""
+    try:
+        with database.session(write=True) as session:
+            row = storage.get(session=session, dataset_id=dataset_id)
+            shape, classes, preprocessing = row.input_shape, row.classes, row.preprocessing
+            job_datasets.attach(session=session, job_id=job_id, dataset=row)
+        path = storage.fetch(database=database, dataset_id=dataset_id,
+                             cache_dir=settings.datasets_dir, scratch=settings.data_dir / "tmp")
+    except DatasetNotFound:
+        raise DataError(f"dataset {dataset_id} was deleted: there is nothing to train on") \
+            from None
+    except DatasetError as exc:
+        raise DataError(str(exc)) from None
+    standardize = None
+    if "standardize" in preprocessing:
+        standardize = tuple(np.array(preprocessing["standardize"][key], np.float32)
+                            for key in ("mean", "std"))
+    data = _prepare_upload(path, *_identity(path), json.dumps(preprocessing, sort_keys=True))
+    return data, DataInfo(tuple(shape), tuple(classes), standardize)
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _prepare_upload(path: Path, size: int, mtime_ns: int, preprocessing: str) -> Mnist:
+    # size and mtime_ns key the cache (the file is named by its sha256); `preprocessing` is
+    # the row's, as JSON: the same transform the export includes, applied once per dataset.
+    arrays = storage.read_arrays(path)
+    steps = json.loads(preprocessing)
+    prepared = {}
+    for split in ("train", "test"):
+        x = arrays[f"x_{split}"]
+        rows = x.reshape(len(x), -1)
+        if "standardize" in steps:
+            mean = np.array(steps["standardize"]["mean"], np.float64)
+            std = np.array(steps["standardize"]["std"], np.float64)
+            values = ((rows - mean) / std).astype(np.float32)
+        else:  # pixels: uint8 scaled by 1/255, float ones already in [0, 1]
+            values = rows.astype(np.float32) * np.float32(steps.get("scale", 1.0))
+        prepared[f"x_{split}"] = values
+        prepared[f"y_{split}"] = arrays[f"y_{split}"].astype(np.int32)
+    for array in prepared.values():
         array.setflags(write=False)
     return Mnist(**prepared)

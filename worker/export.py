@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from service.files import owned_folder
@@ -22,33 +23,46 @@ SCRATCH_PREFIX = "tflite-"
 
 
 class _Servable(tf.Module):
-    """The model as one function, images → probabilities (N, 10), N left open. The images
-    come in the model's own input shape: (N, 784) for a dense model, (N, 28, 28, 1) for one
-    that reads images whole, such as a convnet."""
+    """The model as one function, inputs → probabilities (N, classes), N left open. The
+    inputs come in the model's own input shape: (N, 784) for a dense model, (N, 28, 28, 1)
+    for one that reads images whole, such as a convnet, (N, features) for tabular data, whose
+    standardisation comes first, inside the model: a client sends raw rows."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(
+        self, model: Model, standardize: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
         super().__init__()
         # Tracked here so the converter finds the variables and freezes them into constants.
         self.frozen = list(model.weights) + list(model.state)
         self._model = model
+        self._standardize = None if standardize is None else tuple(
+            tf.constant(np.asarray(values, np.float32)) for values in standardize
+        )
         self.predict = tf.function(
             self._predict,
             input_signature=[tf.TensorSpec([None, *model.input_shape], tf.float32)],
         )
 
     def _predict(self, images: tf.Tensor) -> tf.Tensor:
+        if self._standardize is not None:
+            mean, std = self._standardize
+            images = (images - mean) / std
         return predict_probabilities(self._model, images)
 
 
-def export_model(model: Model, *, scratch: Path | None = None) -> bytes:
-    """The model as a .tflite flatbuffer (images → probabilities).
+def export_model(
+    model: Model, *, scratch: Path | None = None,
+    standardize: tuple[np.ndarray, np.ndarray] | None = None,
+) -> bytes:
+    """The model as a .tflite flatbuffer (inputs → probabilities), with `standardize` (the
+    training split's mean and std, per feature) applied to its inputs first.
 
     The converter first saves the model as a SavedModel (its weights and more: 1.7 MB for
     the book's model, up to 80 MB at the parameter limit).
     With `scratch`, that goes in a folder of this process's own under it (see
     service.files.owned_folder), removed when the conversion ends however it ends, and
     left to the next worker's sweep if this process is killed; else in the system's temp."""
-    servable = _Servable(model)
+    servable = _Servable(model, standardize)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [servable.predict.get_concrete_function()], servable
     )

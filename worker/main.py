@@ -132,12 +132,15 @@ class Worker:
 
     def sweep_scratch(self) -> None:
         """Remove the scratch folders of workers killed while converting a model (as large
-        as the model). Several workers may share the data dir: a live one's are locked."""
+        as the model) or copying a dataset. Several workers may share the data dir: a live
+        one's are locked."""
+        from service.datasets.storage import SCRATCH_PREFIX as DATASET_PREFIX
         from worker.export import SCRATCH_PREFIX
 
-        for folder in sweep_abandoned(self.scratch_dir, prefix=SCRATCH_PREFIX):
-            log.info("worker %s: removed %s, left by a worker that was killed",
-                     self.worker_id, folder)
+        for prefix in (SCRATCH_PREFIX, DATASET_PREFIX):
+            for folder in sweep_abandoned(self.scratch_dir, prefix=prefix):
+                log.info("worker %s: removed %s, left by a worker that was killed",
+                         self.worker_id, folder)
 
 
 def warm_up(settings: Settings) -> None:

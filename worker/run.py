@@ -100,7 +100,7 @@ class JobRun:
 
     def _train(self) -> Succeeded | Pruned:
         from worker.checkpoint import Checkpointer, UnusableCheckpoint
-        from worker.data import limited, load_mnist
+        from worker.data import load_job_data
         from worker.export import export_model
         from worker.models import build_model
         from worker.training import EarlyStopping, FitPosition, fit, hold_out
@@ -112,15 +112,15 @@ class JobRun:
             self._trial = job.study_id is not None
             stored = leases.load_checkpoint(session=session, job_id=self.lease.job_id)
             checkpoint = stored.content if stored is not None else None
-        data = limited(
-            load_mnist(self.settings.mnist_path), spec.dataset.train_limit, spec.dataset.test_limit
-        )
+        data, info = load_job_data(spec.dataset, settings=self.settings, database=self.database,
+                                   job_id=self.lease.job_id)
         data, validation = hold_out(data, spec.validation_split, spec.seed)
         self._batches = math.ceil(len(data.x_train) / spec.batch_size)
         self._epochs = spec.epochs
 
         def fresh() -> tuple:
-            model, updater = build_model(spec.model, seed=spec.seed), build_updater(spec.optimizer)
+            model = build_model(spec.model, seed=spec.seed, input_shape=info.input_shape)
+            updater = build_updater(spec.optimizer)
             stopping = (EarlyStopping(spec.early_stopping, model)
                         if spec.early_stopping is not None else None)
             return model, updater, stopping, Checkpointer(model, updater, stopping)
@@ -158,8 +158,9 @@ class JobRun:
             # Its model and test figures as they were after that epoch, kept with the state.
             test_loss, test_accuracy = self._test_figures(pruned.epochs - 1)
             return Pruned(pruned.epochs, test_loss, test_accuracy,
-                          export_model(model, scratch=self.scratch))
-        exported = export_model(model, scratch=self.scratch)
+                          export_model(model, scratch=self.scratch,
+                                       standardize=info.standardize))
+        exported = export_model(model, scratch=self.scratch, standardize=info.standardize)
         return Succeeded(test_loss, test_accuracy, exported,
                          stopped_early_at_epoch=position.stopped_early_at or None)
 

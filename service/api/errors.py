@@ -33,6 +33,7 @@ from service.datasets.errors import (
     DatasetTooLarge,
     NotMultipart,
 )
+from service.datasets.jobs import JobDatasetError
 from service.db import is_disk_full, is_transient
 from service.files import DiskFull
 from service.queue.event_hub import RETRY_AFTER_S, StreamsFull
@@ -85,6 +86,7 @@ TABLE: dict[type[Exception], Answer] = {
     NotMultipart: Answer(415, 415),
     DatasetNotFound: Answer(404, 404),
     DatasetConflict: Answer(409, 409),
+    JobDatasetError: Answer(422, 422),  # its message starts with the spec's field at fault
     # Waiting frees no space: no Retry-After, so clients are told what is wrong instead.
     DiskFull: Answer(507, 507, message=DISK_FULL),
 }

@@ -24,6 +24,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 STREAM_READ_TIMEOUT_S = 45.0
 # How long `events` keeps reconnecting to a stream that broke before the job ended.
 RECONNECT_FOR_S = 30.0
+# How long an upload waits for its answer once sent: the server parses and checks it first.
+UPLOAD_READ_TIMEOUT_S = 600.0
 
 
 class ApiError(Exception):
@@ -126,6 +128,23 @@ class Client:
         files = {"file": (path.name, content, _image_type(path))}
         return self._call("POST", f"/jobs/{name}/predict", files=files)["predictions"][0]
 
+    def datasets(self, *, limit: int = 100) -> dict[str, Any]:
+        """GET /datasets: the built-in mnist, then the uploaded datasets, newest first."""
+        return self._call("GET", "/datasets", params={"limit": limit})
+
+    def upload_dataset(self, path: Path, fields: dict[str, str]) -> dict[str, Any]:
+        """POST /datasets with the file as the multipart field `file`, read from disk as it
+        is sent (never whole in memory): the stored dataset."""
+        with path.open("rb") as file:
+            files = {"file": (path.name, file, "application/octet-stream")}
+            # The server checks and splits the dataset before it answers.
+            timeout = httpx.Timeout(30.0, read=UPLOAD_READ_TIMEOUT_S)
+            return self._call("POST", "/datasets", files=files, data=fields, timeout=timeout)
+
+    def delete_dataset(self, dataset_id: str | int) -> None:
+        """DELETE /datasets/{id}."""
+        self._call("DELETE", f"/datasets/{dataset_id}")
+
     def events(self, job_id: str | int, *, last_event_id: str | None = None) -> Iterator[Event]:
         """GET /jobs/{id}/events until the job's final state, reconnecting with the last
         event id when the stream breaks (the server resumes exactly there)."""
@@ -185,6 +204,8 @@ class Client:
             raise ApiError(self._unreachable(exc)) from None
         if response.is_error:
             raise ApiError(self._refusal(response), response.status_code)
+        if response.status_code == 204:
+            return None
         try:
             return response.json()
         except ValueError:

@@ -1,4 +1,4 @@
-"""The `tapefit` client commands: submit, jobs, status, follow, cancel, predict.
+"""The `tapefit` client commands: submit, jobs, status, follow, cancel, predict, datasets.
 
 They talk HTTP to a running server (TAPEFIT_URL, default http://127.0.0.1:8000) and send
 TAPEFIT_API_TOKEN as a Bearer token when it is set. Exit codes: 0 success; 1 the job failed
@@ -15,10 +15,17 @@ from typing import Any
 
 from service.cli import controls, studies
 from service.cli.client import ApiError, Client
-from service.cli.console import ProgressView, job_outcome, jobs_table, status_lines
+from service.cli.console import (
+    ProgressView,
+    datasets_table,
+    describe_dataset,
+    job_outcome,
+    jobs_table,
+    status_lines,
+)
 from service.schemas import FINAL_STATES, Activation, Implementation, JobState, OptimizerName
 
-COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict", "study")
+COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict", "datasets", "study")
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
 
@@ -131,6 +138,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
         "--no-shuffle", dest="shuffle", action="store_false", default=None,
         help="visit the training images in order every epoch, as the book's BatchGenerator",
     )
+    submit.add_argument(
+        "--dataset", type=dataset_ref, metavar="ID",
+        help="train on an uploaded dataset (tapefit datasets lists them); default mnist",
+    )
     controls.add_flags(submit)
     submit.add_argument("--follow", action="store_true", help="then follow it, as `follow`")
 
@@ -149,10 +160,33 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
     cancel = commands.add_parser("cancel", help="cancel a queued job, or stop a running one")
     cancel.add_argument("job", metavar="ID")
 
-    predict = commands.add_parser("predict", help="read digits in PNG or JPEG images")
+    predict = commands.add_parser(
+        "predict", help="read digits (or an image dataset's labels) in PNG or JPEG images"
+    )
     predict.add_argument("model", metavar="ID|latest|best")
     predict.add_argument("images", metavar="IMAGE", nargs="+", type=Path)
     predict.add_argument("--json", action="store_true", help="print the probabilities as JSON")
+
+    datasets = commands.add_parser(
+        "datasets", help="list the datasets; upload one (tapefit datasets upload FILE)"
+    )
+    datasets.add_argument("--json", action="store_true", help="print the API's JSON")
+    actions = datasets.add_subparsers(dest="action", metavar="ACTION")
+    upload = actions.add_parser(
+        "upload", help="upload an .npz, a .csv or a .zip of image folders (one per class)"
+    )
+    upload.add_argument("file", type=Path, metavar="FILE")
+    upload.add_argument("--name", help="default: the file's name")
+    upload.add_argument("--label-column", metavar="C", help="CSV: the label column (label)")
+    upload.add_argument("--test-fraction", type=float, metavar="F",
+                        help="held out for testing when the file has no test split (0.2)")
+    upload.add_argument("--image-size", metavar="HxW",
+                        help="image folders: resize to this (default: the most common size)")
+    upload.add_argument("--color", choices=["grayscale", "rgb"],
+                        help="image folders (default: grayscale unless an image has colour)")
+    upload.add_argument("--json", action="store_true", help="print the API's JSON")
+    delete = actions.add_parser("delete", help="delete an uploaded dataset")
+    delete.add_argument("dataset", metavar="ID")
     studies.add_parsers(commands)
 
 
@@ -176,7 +210,8 @@ def spec_from(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": {"name": args.optimizer, "learning_rate": args.lr, "momentum": args.momentum},
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "dataset": {"train_limit": args.train_limit, "test_limit": args.test_limit},
+        "dataset": {**(args.dataset or {}), "train_limit": args.train_limit,
+                    "test_limit": args.test_limit},
         "seed": args.seed,
         "shuffle": args.shuffle,
     }
@@ -262,8 +297,8 @@ def cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def predict(client: Client, args: argparse.Namespace) -> int:
-    """`tapefit predict ID|latest|best IMAGE...`: the digit in each image, with its
-    probability (or all ten with --json)."""
+    """`tapefit predict ID|latest|best IMAGE...`: what the model reads in each image (the
+    digit, or its dataset's label), with its probability (or all of them with --json)."""
     missing = [str(path) for path in args.images if not path.is_file()]
     if missing:
         print(f"tapefit: no such file: {', '.join(missing)}", file=sys.stderr)
@@ -273,10 +308,56 @@ def predict(client: Client, args: argparse.Namespace) -> int:
         prediction = client.predict_image(args.model, path)
         results[str(path)] = prediction
         if not args.json:
-            p = prediction["probabilities"][prediction["digit"]]
-            print(f"{path}: {prediction['digit']}  ({p * 100:.1f}%)")
+            p = prediction["probabilities"][prediction["class"]]
+            print(f"{path}: {prediction['label']}  ({p * 100:.1f}%)")
     if args.json:
         print(json.dumps(results, indent=2))
+    return OK
+
+
+def dataset_ref(text: str) -> dict[str, Any]:
+    """`--dataset`: an uploaded dataset's id, or mnist."""
+    if text == "mnist":
+        return {"name": "mnist"}
+    if not text.isdecimal() or not text.isascii():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a dataset id (or mnist)")
+    return {"id": int(text)}
+
+
+def datasets(client: Client, args: argparse.Namespace) -> int:
+    """`tapefit datasets [upload FILE | delete ID]`."""
+    if args.action == "upload":
+        return upload_dataset(client, args)
+    if args.action == "delete":
+        client.delete_dataset(args.dataset)
+        print(f"dataset {args.dataset} deleted")
+        return OK
+    page = client.datasets()
+    if args.json:
+        print(json.dumps(page, indent=2))
+    else:
+        print("\n".join(datasets_table(page["items"])))
+    return OK
+
+
+def upload_dataset(client: Client, args: argparse.Namespace) -> int:
+    """`tapefit datasets upload FILE`: the stored dataset, and how to train on it."""
+    if not args.file.is_file():
+        print(f"tapefit: no such file: {args.file}", file=sys.stderr)
+        return USAGE
+    fields = {"name": args.name, "label_column": args.label_column,
+              "test_fraction": args.test_fraction, "image_size": args.image_size,
+              "color": args.color}
+    dataset = client.upload_dataset(
+        args.file, {key: str(value) for key, value in fields.items() if value is not None}
+    )
+    if args.json:
+        print(json.dumps(dataset, indent=2))
+        return OK
+    print(f"dataset {dataset['id']} '{dataset['name']}' ({dataset['format']}): "
+          f"{describe_dataset(dataset)}")
+    print(f"train on it: tapefit submit --dataset {dataset['id']} --layers "
+          f"64,{len(dataset['classes'])}")
     return OK
 
 
@@ -287,5 +368,6 @@ _COMMANDS = {
     "follow": follow,
     "cancel": cancel,
     "predict": predict,
+    "datasets": datasets,
     "study": studies.run,
 }

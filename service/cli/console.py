@@ -49,6 +49,9 @@ def describe_spec(spec: dict[str, Any]) -> str:
     model, optimizer, dataset = spec["model"], spec["optimizer"], spec["dataset"]
     layers = "-".join(describe_layer(layer) for layer in model["layers"])
     images = f"{dataset['train_limit']:,} images" if dataset.get("train_limit") else "all images"
+    if dataset.get("id") is not None:  # an uploaded dataset's samples, not MNIST's images
+        limit = f"{dataset['train_limit']:,}" if dataset.get("train_limit") else "all"
+        images = f"dataset {dataset['id']} ({limit} samples)"
     epochs = f"{spec['epochs']} epoch{'s' if spec['epochs'] != 1 else ''}"
     return (
         f"{model['implementation']} {layers} · {optimizer['name']} lr "
@@ -221,3 +224,30 @@ class ProgressView:
         self._clear()  # the next batch draws the bar again, below the line
         self.out.write(line + "\n")
         self.out.flush()
+
+
+def describe_dataset(dataset: dict[str, Any]) -> str:
+    """'tabular [4] · 3 classes (setosa, versicolor, virginica) · 120 train / 30 test'."""
+    classes = dataset["classes"]
+    names = ", ".join(classes[:5]) + (", …" if len(classes) > 5 else "")
+    counts = "—" if dataset["train_count"] is None else \
+        f"{dataset['train_count']:,} train / {dataset['test_count']:,} test"
+    shape = "×".join(str(side) for side in dataset["input_shape"])
+    return f"{dataset['kind']} {shape} · {len(classes)} classes ({names}) · {counts}"
+
+
+def datasets_table(items: list[dict[str, Any]]) -> list[str]:
+    """`tapefit datasets`: one row per dataset, the built-in first."""
+    rows = [("ID", "NAME", "FORMAT", "SIZE", "DATASET")]
+    for dataset in items:
+        size = dataset["bytes"]
+        rows.append((
+            "mnist" if dataset["builtin"] else str(dataset["id"]),
+            dataset["name"],
+            dataset["format"] or "built in",
+            "—" if size is None else f"{size / 1e6:,.1f} MB",
+            describe_dataset(dataset),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+            for row in rows]

@@ -22,6 +22,7 @@ from service.db import Database
 from service.ids import PATTERN, parse_id
 from service.models import Artifact, Job, Study, StudyTrial
 from service.schemas import JobState
+from service.serving.signatures import Signature, Signatures
 from service.serving.store import ModelStore, ModelUnavailable
 from service.tenancy.identity import Identity
 
@@ -214,6 +215,7 @@ class Catalog:
     def __init__(self, *, database: Database, store: ModelStore) -> None:
         self.database = database
         self.store = store
+        self.signatures = Signatures(database)
         self._known: dict[int, _Known] = {}
         self._lock = threading.Lock()
 
@@ -249,6 +251,11 @@ class Catalog:
     def predict(self, ref: ModelRef, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, 10) from the model's LiteRT interpreter."""
         return self.store.predict(self.cache(ref.job_id), images)
+
+    def signature(self, ref: ModelRef) -> Signature:
+        """What the model reads and the labels it answers in: MNIST's digits, or its job's
+        uploaded dataset's (service/serving/signatures.py)."""
+        return self.signatures.of(ref.job_id)
 
     def input_shape(self, ref: ModelRef) -> tuple[int, ...]:
         """One sample's shape as the model reads it, from its .tflite: (784,) or

@@ -12,6 +12,8 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
+from service import images
+
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_SIDE = 4_096
 # The default of TAPEFIT_MAX_DECODED_IMAGE_BYTES: a 12-megapixel phone photo (4032x3024 RGB,
@@ -46,6 +48,25 @@ def mnist_like(data: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES) -> np
     decoded size (width x height x channels x bytes per channel) are over the limits.
     """
     return normalise(_ink(_decode(data, max_decoded_bytes)))
+
+
+def dataset_image(
+    data: bytes, shape: tuple[int, int, int], *, max_decoded_bytes: int = MAX_DECODED_BYTES
+) -> np.ndarray:
+    """A PNG or JPEG as the model of an image dataset reads it: resized to its (height,
+    width), gray or RGB as its channels, pixels in [0, 1]; the way its training images were
+    read (service/images.py). No MNIST centring: the image is taken whole."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ImageTooLarge(f"the image is {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,}")
+    height, width, channels = shape
+    try:
+        image = images.open_image(io.BytesIO(data), max_decoded_bytes=max_decoded_bytes)
+        pixels = images.to_pixels(image, height=height, width=width, channels=channels)
+    except images.ImageTooBig as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except images.ImageDecodeError as exc:
+        raise ImageError(f"the file is not a usable PNG or JPEG image: {exc}") from None
+    return pixels.astype(np.float32) / 255.0
 
 
 def _decode(data: bytes, max_decoded_bytes: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -17,17 +18,21 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.schemas import INPUT_SIZE, NUM_CLASSES
+from service.schemas import INPUT_SIZE
 from service.serving.catalog import ModelRef
-from service.serving.store import MAX_INSTANCES, BadInput, as_numbers, check_images
+from service.serving.signatures import MNIST, Signature, check_inputs
+from service.serving.store import MAX_INSTANCES, BadInput, as_numbers
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME = "images"
 PROBABILITIES = "probabilities"
-DIGIT = "digit"
+DIGIT = "digit"  # MNIST models only
+CLASS = "class"  # the predicted class's index
+LABEL = "label"  # its name, as BYTES
 PLATFORM = "tensorflow_tflite"
 EXTENSIONS = ["binary_tensor_data"]
-_DTYPES = {PROBABILITIES: ("FP32", "<f4"), DIGIT: ("INT64", "<i8")}
+_DTYPES = {PROBABILITIES: ("FP32", "<f4"), DIGIT: ("INT64", "<i8"), CLASS: ("INT64", "<i8"),
+           LABEL: ("BYTES", None)}
 
 Parameters = dict[str, str | int | float | bool]
 
@@ -62,25 +67,36 @@ class InferCall:
     id: str
     images: np.ndarray  # (N, 784) float32, checked; the model reshapes them to its input
     outputs: list[tuple[str, bool]]  # (name, as binary) in the order asked
+    signature: Signature = MNIST  # what the model reads, and its labels
 
 
-def model_metadata(ref: ModelRef, input_shape: tuple[int, ...]) -> dict[str, Any]:
+def model_metadata(
+    ref: ModelRef, input_shape: tuple[int, ...], signature: Signature = MNIST
+) -> dict[str, Any]:
     """The model metadata response: one FP32 input in the model's own shape ([-1, 784], or
-    [-1, 28, 28, 1] for a convnet), probabilities and digit outputs."""
+    [-1, 28, 28, 1] for a convnet, [-1, features] for tabular data), and its outputs: the
+    probabilities of its classes, the class and its label (BYTES), and MNIST's digit."""
+    outputs = [
+        {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(signature.classes)]},
+        {"name": CLASS, "datatype": "INT64", "shape": [-1]},
+        {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
+    ]
+    if signature.mnist:
+        outputs.insert(1, {"name": DIGIT, "datatype": "INT64", "shape": [-1]})
     return {
         "name": ref.name,
         "versions": [ref.version],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
-        "outputs": [
-            {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, NUM_CLASSES]},
-            {"name": DIGIT, "datatype": "INT64", "shape": [-1]},
-        ],
+        "outputs": outputs,
     }
 
 
-def parse_infer(body: bytes, header_length: str | None) -> InferCall:
-    """The images and the wanted outputs of an inference request, JSON or JSON + binary."""
+def parse_infer(
+    body: bytes, header_length: str | None, signature: Signature = MNIST
+) -> InferCall:
+    """The inputs and the wanted outputs of an inference request, JSON or JSON + binary,
+    checked against what the model of `signature` reads."""
     header, binary = _split(body, header_length)
     try:
         request = InferenceRequest.model_validate_json(header)
@@ -90,11 +106,12 @@ def parse_infer(body: bytes, header_length: str | None) -> InferCall:
         raise BadInput(f"{where}: {first['msg']}") from None
     if len(request.inputs) != 1:
         raise BadInput(f"the model has one input, '{INPUT_NAME}'; got {len(request.inputs)}")
-    images = _images(request.inputs[0], binary)
+    images = _images(request.inputs[0], binary, signature)
     return InferCall(
         id=request.id if request.id is not None else uuid.uuid4().hex,
         images=images,
-        outputs=_wanted(request),
+        outputs=_wanted(request, signature),
+        signature=signature,
     )
 
 
@@ -109,7 +126,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[: int(header_length)], body[int(header_length) :]
 
 
-def _images(tensor: InputTensor, binary: bytes) -> np.ndarray:
+def _images(tensor: InputTensor, binary: bytes, signature: Signature) -> np.ndarray:
     if tensor.name != INPUT_NAME:
         raise BadInput(f"unknown input '{tensor.name}': the model's input is '{INPUT_NAME}'")
     if tensor.datatype != "FP32":
@@ -140,18 +157,19 @@ def _images(tensor: InputTensor, binary: bytes) -> np.ndarray:
         flat = np.frombuffer(binary, dtype="<f4")
     if flat.size != count:
         raise BadInput(f"shape {shape} holds {count} values, but the data has {flat.size}")
-    return check_images(flat.reshape(shape))
+    return check_inputs(flat.reshape(shape), signature)
 
 
-def _wanted(request: InferenceRequest) -> list[tuple[str, bool]]:
+def _wanted(request: InferenceRequest, signature: Signature) -> list[tuple[str, bool]]:
     # binary_data_output asks for every output in binary; an output's binary_data overrides it.
     default = (request.parameters or {}).get("binary_data_output") is True
     if request.outputs is None:
         return [(PROBABILITIES, default)]
     wanted = []
+    known = sorted(name for name in _DTYPES if name != DIGIT or signature.mnist)
     for output in request.outputs:
-        if output.name not in _DTYPES:
-            raise BadInput(f"unknown output '{output.name}': the model has {sorted(_DTYPES)}")
+        if output.name not in known:
+            raise BadInput(f"unknown output '{output.name}': the model has {known}")
         binary = (output.parameters or {}).get("binary_data", default) is True
         wanted.append((output.name, binary))
     return wanted
@@ -161,17 +179,28 @@ def infer_response(
     ref: ModelRef, call: InferCall, probabilities: np.ndarray
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or JSON then binary tensors when asked."""
-    values = {PROBABILITIES: probabilities, DIGIT: probabilities.argmax(axis=1)}
+    best = probabilities.argmax(axis=1)
+    values = {PROBABILITIES: probabilities, DIGIT: best, CLASS: best}
     outputs, parts = [], []
     for name, binary in call.outputs:
         datatype, dtype = _DTYPES[name]
-        tensor = np.ascontiguousarray(values[name], dtype=dtype)
-        output: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(tensor.shape)}
-        if binary:
-            parts.append(tensor.tobytes())
-            output["parameters"] = {"binary_data_size": len(parts[-1])}
+        output: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(best)]}
+        if name == LABEL:
+            labels = [call.signature.classes[i] for i in best.tolist()]
+            if binary:  # each element: its length, 4 bytes little-endian, then its UTF-8
+                parts.append(b"".join(struct.pack("<I", len(text.encode())) + text.encode()
+                                      for text in labels))
+            else:
+                output["data"] = labels
         else:
-            output["data"] = tensor.ravel().tolist()
+            tensor = np.ascontiguousarray(values[name], dtype=dtype)
+            output["shape"] = list(tensor.shape)
+            if binary:
+                parts.append(tensor.tobytes())
+            else:
+                output["data"] = tensor.ravel().tolist()
+        if binary:
+            output["parameters"] = {"binary_data_size": len(parts[-1])}
         outputs.append(output)
     header = json.dumps(
         {"model_name": ref.name, "model_version": ref.version, "id": call.id, "outputs": outputs},

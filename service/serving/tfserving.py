@@ -14,7 +14,8 @@ import numpy as np
 from service.schemas import NUM_CLASSES
 from service.serving import tensors
 from service.serving.catalog import ModelRef
-from service.serving.store import BadInput, as_images
+from service.serving.signatures import MNIST, Signature, check_inputs
+from service.serving.store import BadInput, as_numbers
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -55,9 +56,12 @@ def model_status(ref: ModelRef) -> dict[str, Any]:
     }
 
 
-def model_metadata(ref: ModelRef, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """GetModelMetadataResponse as JSON: the one signature, images in (one sample of
-    `input_shape` each: (784,), or (28, 28, 1) for a convnet), probabilities out."""
+def model_metadata(
+    ref: ModelRef, input_shape: tuple[int, ...], *, classes: int = NUM_CLASSES
+) -> dict[str, Any]:
+    """GetModelMetadataResponse as JSON: the one signature, inputs in (one sample of
+    `input_shape` each: (784,), or (28, 28, 1) for a convnet, (features,) for tabular data),
+    the probabilities of its `classes` out."""
     return {
         "model_spec": {"name": ref.name, "signature_name": "", "version": ref.version},
         "metadata": {
@@ -67,7 +71,7 @@ def model_metadata(ref: ModelRef, input_shape: tuple[int, ...]) -> dict[str, Any
                         "inputs": {
                             INPUT_NAME: _tensor_info(input_shape, "serving_default_images:0")
                         },
-                        "outputs": {OUTPUT_NAME: _tensor_info((NUM_CLASSES,), "Identity:0")},
+                        "outputs": {OUTPUT_NAME: _tensor_info((classes,), "Identity:0")},
                         "method_name": "tensorflow/serving/predict",
                     }
                 }
@@ -85,8 +89,9 @@ def _tensor_info(shape: tuple[int, ...], name: str) -> dict[str, Any]:
     }
 
 
-def parse_predict(body: bytes) -> PredictCall:
-    """The images in a predict request, row format (`instances`) or columnar (`inputs`)."""
+def parse_predict(body: bytes, reads: Signature = MNIST) -> PredictCall:
+    """The inputs in a predict request, row format (`instances`) or columnar (`inputs`),
+    checked against what the model reads (its signature, `reads`)."""
     try:
         request = tensors.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -107,8 +112,10 @@ def parse_predict(body: bytes) -> PredictCall:
         instances = request["instances"]
         if not isinstance(instances, list):
             raise BadInput("'instances' must be a list")
-        return PredictCall(images=as_images([_unname(i) for i in instances]), columnar=False)
-    return PredictCall(images=as_images(_unname(request["inputs"])), columnar=True)
+        rows = check_inputs(as_numbers([_unname(i) for i in instances]), reads)
+        return PredictCall(images=rows, columnar=False)
+    return PredictCall(images=check_inputs(as_numbers(_unname(request["inputs"])), reads),
+                       columnar=True)
 
 
 def _unname(value: Any) -> Any:
@@ -121,5 +128,6 @@ def _unname(value: Any) -> Any:
 
 
 def predict_response(probabilities: np.ndarray, *, columnar: bool) -> dict[str, Any]:
-    """One output tensor: a list of 10 probabilities per image, under the format's key."""
+    """One output tensor: a list of probabilities (one per class) per instance, under the
+    format's key."""
     return {"outputs" if columnar else "predictions": probabilities.tolist()}

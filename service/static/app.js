@@ -1,10 +1,12 @@
 // The dashboard's shell: the header, the API token, and a router over location.hash:
 //   #/            jobs and the form to start one
 //   #/jobs/{id}   one job, live
+//   #/datasets    the datasets, and a form to upload one
 //   #/studies     the studies; #/studies/{id} one study, live
 //   #/draw        the draw-a-digit pad against any trained model
 
 import { token, whenUnauthorized } from "./api.js";
+import { datasetsView } from "./datasets.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
 import { predictor } from "./predictor.js";
@@ -25,9 +27,10 @@ function route() {
   else if (study) page = studyView(study[1], current.signal);
   else if (path === "/studies") page = studiesView(current.signal);
   else if (path === "/draw") page = h("div", { class: "draw-page" }, predictor({ title: "Draw a digit" }));
+  else if (path === "/datasets") page = datasetsView(current.signal);
   else page = jobsView(current.signal);
   for (const link of document.querySelectorAll("nav a")) {
-    link.classList.toggle("active", link.getAttribute("href") === (path === "/draw" ? "#/draw"
+    link.classList.toggle("active", link.getAttribute("href") === (["/draw", "/datasets"].includes(path) ? `#${path}`
       : path.startsWith("/studies") ? "#/studies" : "#/"));
   }
   view.replaceChildren(page);

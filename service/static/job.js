@@ -3,6 +3,7 @@
 
 import { api, follow } from "./api.js";
 import { LossChart } from "./chart.js";
+import { datasetPredictor } from "./datasets.js";
 import { predictor } from "./predictor.js";
 import { FINAL, badge, describeModel, describeTraining, duration, fixed, h, percent } from "./ui.js";
 
@@ -74,7 +75,9 @@ export function jobView(id, signal) {
     }
     if (FINAL.includes(job.state)) chart.setEmptyText("No batch was trained.");
     if (job.state === "succeeded" && !aside.firstChild) {
-      aside.append(predictor({ model: String(job.id), title: "Try this model" }));
+      aside.append(job.spec.dataset.id
+        ? datasetPredictor({ model: String(job.id), datasetId: job.spec.dataset.id })
+        : predictor({ model: String(job.id), title: "Try this model" }));
     }
   }
 

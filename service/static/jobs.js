@@ -2,6 +2,7 @@
 
 import { api } from "./api.js";
 import { comparePanel } from "./compare.js";
+import { datasetSelect } from "./datasets.js";
 import { FINAL, ago, badge, describeModel, describeTraining, fixed, h, parseLayers, percent } from "./ui.js";
 
 const OPTIMIZERS = ["rmsprop", "adam", "sgd", "momentum", "manual_sgd"];
@@ -38,12 +39,28 @@ function form() {
     patience: h("input", { name: "patience", type: "number", min: "0", max: "100", placeholder: "off" }),
     restore_best: h("input", { name: "restore_best", type: "checkbox" }),
   };
+  const layersHint = h("span", { class: "field-hint" }, "dense units (512, 10), or conv:32:3, pool:2, avgpool:2, gap, flatten, dropout:0.5, batchnorm; the last is dense with the 10 digits");
+  const limitHint = h("span", { class: "field-hint" }, "the first N of 60,000; empty: all");
+  // A dataset's classes set the last layer's units (one per class) and its size the limit's hint.
+  let classes = 10;
+  const lastUnits = () => {
+    inputs.layers.value = inputs.layers.value.replace(/\d+(?=(:\w+)?\s*$)/, String(classes));
+  };
+  inputs.dataset = datasetSelect((dataset) => {
+    if (!dataset) return;
+    classes = dataset.classes.length;
+    lastUnits();
+    layersHint.textContent = `dense units (64, ${classes}), or conv:32:3, pool:2, avgpool:2, gap, flatten, dropout:0.5, batchnorm; the last is dense with ${classes} units, one per class of ${dataset.name}`;
+    limitHint.textContent = dataset.train_count
+      ? `the first N of ${dataset.train_count.toLocaleString("en-US")}; empty: all` : "empty: all";
+  });
   // A preset fills in the model and its training; editing the layers makes the form custom.
   const preset = h("select", { name: "preset" },
     h("option", { value: "" }, "Custom"),
     Object.entries(PRESETS).map(([value, { label }]) => h("option", { value }, label)));
   preset.addEventListener("change", () => {
     for (const [name, value] of Object.entries(PRESETS[preset.value]?.fields ?? {})) inputs[name].value = value;
+    lastUnits();
   });
   inputs.layers.addEventListener("input", () => { preset.value = ""; });
   const error = h("div", { class: "error", hidden: true });
@@ -59,7 +76,10 @@ function form() {
         optimizer: { name: inputs.optimizer.value, learning_rate: Number(inputs.learning_rate.value) },
         epochs: Number(inputs.epochs.value),
         batch_size: Number(inputs.batch_size.value),
-        dataset: { train_limit: inputs.train_limit.value ? Number(inputs.train_limit.value) : null },
+        dataset: {
+          ...(inputs.dataset.value === "mnist" ? {} : { id: Number(inputs.dataset.value) }),
+          train_limit: inputs.train_limit.value ? Number(inputs.train_limit.value) : null,
+        },
         shuffle: inputs.shuffle.checked,
         ...controls(inputs),
       };
@@ -82,12 +102,13 @@ function form() {
 
   return h("form", { class: "card job-form", onsubmit: submit, novalidate: true },
     h("div", { class: "card-head" }, h("h2", {}, "New training job")),
-    h("p", { class: "muted small" }, "MNIST, trained batch by batch with GradientTape. Every field has the book's default."),
-    field("Layers", inputs.layers, "dense units (512, 10), or conv:32:3, pool:2, avgpool:2, gap, flatten, dropout:0.5, batchnorm; the last is dense with the 10 digits"),
+    h("p", { class: "muted small" }, "Trained batch by batch with GradientTape. Every field has the book's default, on MNIST."),
+    field("Dataset", inputs.dataset),
+    h("label", { class: "field" }, h("span", { class: "field-label" }, "Layers"), inputs.layers, layersHint),
     h("div", { class: "row" }, field("Preset", preset), field("Implementation", inputs.implementation)),
     h("div", { class: "row" }, field("Optimizer", inputs.optimizer), field("Learning rate", inputs.learning_rate)),
     h("div", { class: "row" }, field("Epochs", inputs.epochs), field("Batch size", inputs.batch_size)),
-    field("Training images", inputs.train_limit, "the first N of 60,000; empty: all"),
+    h("label", { class: "field" }, h("span", { class: "field-label" }, "Training samples"), inputs.train_limit, limitHint),
     field("Shuffle each epoch", inputs.shuffle, "off: in order, as the book's BatchGenerator"),
     h("div", { class: "row" },
       field("Validation split", inputs.validation_split, "held out for val loss and accuracy"),

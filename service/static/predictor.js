@@ -91,7 +91,9 @@ export function predictor({ model = null, title = "Draw a digit" } = {}) {
         ...(page.items.length
           ? [h("option", { value: "best" }, "best (highest test accuracy)"),
              h("option", { value: "latest" }, "latest"),
-             ...page.items.map((job) => h("option", { value: String(job.id) }, `job ${job.id} · ${percent(job.test_accuracy)}`))]
+             // The pad draws digits: only MNIST models (an uploaded dataset's read its own inputs).
+             ...page.items.filter((job) => !job.spec.dataset.id)
+               .map((job) => h("option", { value: String(job.id) }, `job ${job.id} · ${percent(job.test_accuracy)}`))]
           : [h("option", { value: "" }, "no trained model yet")]));
       select.disabled = !page.items.length;
       if (!page.items.length) {

@@ -64,7 +64,10 @@ export function describeModel(spec) {
 }
 
 export function describeTraining(spec) {
-  const images = spec.dataset.train_limit ? `${spec.dataset.train_limit.toLocaleString("en-US")} images` : "all images";
+  let images = spec.dataset.train_limit ? `${spec.dataset.train_limit.toLocaleString("en-US")} images` : "all images";
+  if (spec.dataset.id) {  // an uploaded dataset: its samples, not MNIST's images
+    images = `dataset ${spec.dataset.id} (${spec.dataset.train_limit ? spec.dataset.train_limit.toLocaleString("en-US") : "all"} samples)`;
+  }
   const order = spec.shuffle === false ? " · in order" : "";
   return `${spec.optimizer.name} lr ${spec.optimizer.learning_rate} · ${spec.epochs} epoch${spec.epochs === 1 ? "" : "s"} · batch ${spec.batch_size} · ${images}${order}`;
 }

@@ -64,5 +64,8 @@ def empty_postgres(url: str) -> None:
     """Every row gone, ids from 1 again: the tables' state after a fresh migration."""
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, metrics, epochs, workers, api_keys, datasets, studies RESTART IDENTITY CASCADE"))
+        connection.execute(text(
+            "TRUNCATE jobs, metrics, epochs, workers, api_keys, datasets, studies "
+            "RESTART IDENTITY CASCADE"
+        ))
     engine.dispose()

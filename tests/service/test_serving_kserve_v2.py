@@ -73,7 +73,9 @@ def test_models_list_readiness_and_metadata(served: TestClient, trained: Trained
         "platform": "tensorflow_tflite",
         "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 784]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-                    {"name": "digit", "datatype": "INT64", "shape": [-1]}],
+                    {"name": "digit", "datatype": "INT64", "shape": [-1]},
+                    {"name": "class", "datatype": "INT64", "shape": [-1]},
+                    {"name": "label", "datatype": "BYTES", "shape": [-1]}],
     }
     assert served.get(f"/v2/models/latest/versions/{trained.weak}").json() == metadata
 

@@ -15,6 +15,7 @@ from service.api.deps import (
 )
 from service.api.responses import errors
 from service.api.serving_deps import CatalogDep
+from service.datasets import jobs as job_datasets
 from service.queue import jobs
 from service.schemas import JobRead, JobSpec, JobsRead, JobState
 from service.tenancy import quotas
@@ -46,6 +47,8 @@ def submit_job(
     earlier = idempotency_key and jobs.find_submission(
         session=session, idempotency_key=idempotency_key, spec=spec, owner=identity.owner
     )
+    # An uploaded dataset must exist and fit the model (MNIST's was checked on parsing).
+    dataset = None if earlier else job_datasets.check(session=session, spec=spec)
     if earlier:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -54,6 +57,8 @@ def submit_job(
         quotas.check_submit(session=session, identity=identity)
     job = earlier or jobs.submit_job(session=session, spec=spec,
                                      idempotency_key=idempotency_key, owner=identity.owner)
+    if dataset is not None:
+        job_datasets.attach(session=session, job_id=job.id, dataset=dataset)
     response.headers["Location"] = f"/jobs/{job.id}"
     return jobs.describe(job)
 

@@ -102,7 +102,7 @@ def version_infer(
 
 
 def _metadata(catalog: Catalog, ref: ModelRef) -> dict[str, Any]:
-    return open_inference.model_metadata(ref, catalog.input_shape(ref))
+    return open_inference.model_metadata(ref, catalog.input_shape(ref), catalog.signature(ref))
 
 
 def _infer(
@@ -110,7 +110,7 @@ def _infer(
     name: str, version: str | None, identity: Identity,
 ) -> Response:
     ref = catalog.resolve(name, version, identity=identity)
-    call = open_inference.parse_infer(body, length)
+    call = open_inference.parse_infer(body, length, catalog.signature(ref))
     probabilities = catalog.predict(ref, call.images)
     content, headers = open_inference.infer_response(ref, call, probabilities)
     return Response(content, headers=headers)

@@ -1,4 +1,7 @@
-"""Ask a trained job's model to read digits, as JSON pixels or an uploaded image; download it.
+"""Ask a trained job's model for predictions, as JSON instances or an uploaded image; download
+it. An MNIST model reads digits; a model of an uploaded dataset reads that dataset's inputs
+(raw feature rows, or pixels in [0, 1]) and answers in its labels
+(service/serving/signatures.py).
 
 `{job_id}` is a job id or an alias, `latest` or `best` (see service/serving/catalog.py).
 
@@ -26,6 +29,9 @@ from service.api.responses import ErrorRead, errors
 from service.api.serving_deps import CatalogDep, body_limit, read_capped
 from service.schemas import ExplainedPrediction, ExplainedPredictResponse, PredictRequest
 from service.serving import imaging, tensors
+from service.serving.catalog import Catalog
+from service.serving.signatures import Signature, check_inputs
+from service.serving.store import BadInput, as_numbers
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["predict"])
 
@@ -69,11 +75,12 @@ _BODY: dict[str, Any] = {
 }
 
 
-async def read_input(request: Request) -> bytes | np.ndarray:
-    """The JSON body (parsed by the route, in its thread: `read_instances`), or the image
-    uploaded as the form field `file` read as a digit."""
+async def read_input(request: Request, job_id: str) -> bytes | np.ndarray:
+    """The JSON body (parsed by the route, in its thread, once it knows the model:
+    `read_instances`), or the image uploaded as the form field `file`, read as the model
+    reads images: a digit for MNIST, resized to its dataset's shape otherwise."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return await _read_image(request, await _read_upload(request))
+        return await _read_image(request, await _read_upload(request), job_id)
     return await read_capped(request, body_limit(request))
 
 
@@ -89,6 +96,18 @@ def read_instances(body: bytes) -> np.ndarray:
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     return np.array([np.ravel(instance) for instance in payload.instances], np.float32)
+
+
+def dataset_instances(body: bytes, signature: Signature) -> np.ndarray:
+    """A JSON body's instances for the model of an uploaded dataset: its raw feature rows,
+    or its images' pixels in [0, 1], checked (BadInput, a 422, says what it takes)."""
+    try:
+        request = tensors.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadInput(f"the body is not JSON: {exc}") from None
+    if not isinstance(request, dict) or set(request) != {"instances"}:
+        raise BadInput('send {"instances": [...]}: one list of input values per instance')
+    return check_inputs(as_numbers(request["instances"]), signature)
 
 
 async def _read_upload(request: Request) -> bytes:
@@ -108,7 +127,7 @@ async def _read_upload(request: Request) -> bytes:
         raise imaging.ImageError(f"the multipart form could not be read: {exc.detail}") from None
 
 
-async def _read_image(request: Request, data: bytes) -> np.ndarray:
+async def _read_image(request: Request, data: bytes, job_id: str) -> np.ndarray:
     settings = request.app.state.settings
     slots = _decode_slots(request.app.state, settings.max_concurrent_decodes)
     try:
@@ -124,10 +143,25 @@ async def _read_image(request: Request, data: bytes) -> np.ndarray:
         ) from None
     try:
         return await run_in_threadpool(
-            imaging.mnist_like, data, max_decoded_bytes=settings.max_decoded_image_bytes
+            _decode, request.app.state.catalog, job_id, data, settings.max_decoded_image_bytes
         )
     finally:
         slots.release()
+
+
+def _decode(catalog: Catalog, job_id: str, data: bytes, max_decoded_bytes: int) -> np.ndarray:
+    """The upload as the model reads images: a digit centred as MNIST's (28, 28), or the
+    image resized to its dataset's (height, width, channels)."""
+    signature = catalog.signature(catalog.resolve(job_id))
+    if signature.mnist:
+        return imaging.mnist_like(data, max_decoded_bytes=max_decoded_bytes)
+    if signature.kind != "image":
+        raise imaging.ImageError(
+            f"the model of job {job_id} reads rows of {signature.size} features (dataset "
+            f"'{signature.dataset}'), not images: send JSON {{\"instances\": [...]}}"
+        )
+    return imaging.dataset_image(data, signature.sample_shape,
+                                 max_decoded_bytes=max_decoded_bytes)
 
 
 def _decode_slots(state: State, size: int) -> asyncio.Semaphore:
@@ -155,27 +189,36 @@ def predict(
     catalog: CatalogDep, identity: IdentityDep, job_id: str, payload: InputDep,
     explain: bool = False,
 ) -> Response:
-    """Digits and 10 probabilities for JSON images in [0, 1] or an uploaded PNG/JPEG digit."""
-    # The body first: a bad one is a 422 whatever the model's name.
-    images = read_instances(payload) if isinstance(payload, bytes) else None
+    """Each instance's label, class and probabilities (one per class): for JSON instances
+    (MNIST: images in [0, 1]; an uploaded dataset's: its raw feature rows, or pixels in
+    [0, 1]) or an uploaded PNG/JPEG. MNIST models add the digit."""
+    # The model first: what a valid body is depends on the dataset it was trained on.
     model = catalog.resolve(job_id, identity=identity)
-    if images is not None:
-        return _response(catalog.predict(model, images))
-    return _response(catalog.predict(model, payload), seen=payload if explain else None)
+    signature = catalog.signature(model)
+    if isinstance(payload, bytes):
+        images = (read_instances(payload) if signature.mnist
+                  else dataset_instances(payload, signature))
+        return _response(catalog.predict(model, images), signature)
+    return _response(catalog.predict(model, payload), signature,
+                     seen=payload if explain else None)
 
 
-def _response(probabilities: np.ndarray, seen: np.ndarray | None = None) -> Response:
+def _response(
+    probabilities: np.ndarray, signature: Signature, seen: np.ndarray | None = None
+) -> Response:
     # A ready Response: FastAPI would otherwise validate the response model again, in one
     # more thread hop than the prediction itself costs.
+    if seen is not None and seen.ndim == 3 and seen.shape[2] == 1:
+        seen = seen[..., 0]  # a gray image as rows of pixels, as MNIST's
     image = seen.tolist() if seen is not None else None
-    response = ExplainedPredictResponse(
-        predictions=[
-            ExplainedPrediction(
-                digit=int(np.argmax(row)), probabilities=row.tolist(), image=image
-            )
-            for row in probabilities
-        ]
-    )
+    predictions = []
+    for row in probabilities:
+        best = int(np.argmax(row))
+        predictions.append(ExplainedPrediction(
+            label=signature.classes[best], class_=best,
+            digit=best if signature.mnist else None, probabilities=row.tolist(), image=image,
+        ))
+    response = ExplainedPredictResponse(predictions=predictions)
     return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
 

@@ -83,14 +83,15 @@ def version_predict(
 
 
 def _metadata(catalog: Catalog, ref: ModelRef) -> dict[str, Any]:
-    return tfserving.model_metadata(ref, catalog.input_shape(ref))
+    return tfserving.model_metadata(ref, catalog.input_shape(ref),
+                                    classes=len(catalog.signature(ref).classes))
 
 
 def _predict(
     catalog: Catalog, body: bytes, *, name: str, version: str | None, identity: Identity
 ) -> JSONResponse:
     ref = catalog.resolve(name, version, identity=identity)
-    call = tfserving.parse_predict(body)
+    call = tfserving.parse_predict(body, catalog.signature(ref))
     probabilities = catalog.predict(ref, call.images)
     # A ready response: FastAPI would validate a returned dict again, in one more thread hop.
     return JSONResponse(tfserving.predict_response(probabilities, columnar=call.columnar))
