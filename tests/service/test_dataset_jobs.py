@@ -4,9 +4,12 @@ what the job keeps of its dataset, and deletion while a job uses it. No worker r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.app import create_app
+from service.config import Settings
 from service.db import Database
 from service.models import JobDataset
 from tests.helpers.datasets import csv_bytes, mnist_png_zip, skewed_table
@@ -106,3 +109,20 @@ def test_a_dataset_is_kept_while_a_queued_job_uses_it(
     with database.session() as session:
         assert session.get(JobDataset, job["id"]).classes == ["apple", "banana", "cherry"]
 
+
+def test_the_loss_row_cap_counts_the_datasets_own_samples(
+    settings: Settings, database: Database
+) -> None:
+    capped = settings.model_copy(update={"max_job_rows": 1_000})
+    with TestClient(create_app(capped)) as client:
+        x = np.random.default_rng(0).normal(size=(100, 2))
+        body = client.post("/datasets", files={"file": ("t.csv", csv_bytes(x, np.arange(100) % 2))})
+        dataset_id = body.json()["id"]  # 80 training rows
+        spec = {"dataset": {"id": dataset_id}, "model": {"layers": [{"units": 2}]},
+                "batch_size": 4}
+        # 50 epochs of 20 batches fit in 1,000 rows (on MNIST's 60,000 images they would not).
+        assert client.post("/jobs", json={**spec, "epochs": 50}).status_code == 201
+        refused = client.post("/jobs", json={**spec, "epochs": 51})
+        assert refused.status_code == 422
+        assert "1,020 loss rows" in refused.json()["message"]
+        assert "TAPEFIT_MAX_JOB_ROWS (1,000)" in refused.json()["message"]

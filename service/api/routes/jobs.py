@@ -47,14 +47,17 @@ def submit_job(
     earlier = idempotency_key and jobs.find_submission(
         session=session, idempotency_key=idempotency_key, spec=spec, owner=identity.owner
     )
-    # An uploaded dataset must exist and fit the model (MNIST's was checked on parsing).
-    dataset = None if earlier else job_datasets.check(session=session, spec=spec)
+    dataset = None
     if earlier:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        jobs.check_size(spec, request.app.state.settings.max_job_rows)
+        if spec.dataset.id is None:  # an uploaded dataset's rows are counted on its own size
+            jobs.check_size(spec, request.app.state.settings.max_job_rows)
         quotas.check_submit(session=session, identity=identity)
+        # An uploaded dataset must exist and fit the model (MNIST's was checked on parsing).
+        dataset = job_datasets.check(session=session, spec=spec,
+                                     max_rows=request.app.state.settings.max_job_rows)
     job = earlier or jobs.submit_job(session=session, spec=spec,
                                      idempotency_key=idempotency_key, owner=identity.owner)
     if dataset is not None:

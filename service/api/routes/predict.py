@@ -32,6 +32,7 @@ from service.serving import imaging, tensors
 from service.serving.catalog import Catalog
 from service.serving.signatures import Signature, check_inputs
 from service.serving.store import BadInput, as_numbers
+from service.tenancy.identity import Identity
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["predict"])
 
@@ -75,12 +76,14 @@ _BODY: dict[str, Any] = {
 }
 
 
-async def read_input(request: Request, job_id: str) -> bytes | np.ndarray:
+async def read_input(
+    request: Request, identity: IdentityDep, job_id: str
+) -> bytes | np.ndarray:
     """The JSON body (parsed by the route, in its thread, once it knows the model:
     `read_instances`), or the image uploaded as the form field `file`, read as the model
     reads images: a digit for MNIST, resized to its dataset's shape otherwise."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return await _read_image(request, await _read_upload(request), job_id)
+        return await _read_image(request, await _read_upload(request), job_id, identity)
     return await read_capped(request, body_limit(request))
 
 
@@ -127,7 +130,9 @@ async def _read_upload(request: Request) -> bytes:
         raise imaging.ImageError(f"the multipart form could not be read: {exc.detail}") from None
 
 
-async def _read_image(request: Request, data: bytes, job_id: str) -> np.ndarray:
+async def _read_image(
+    request: Request, data: bytes, job_id: str, identity: Identity
+) -> np.ndarray:
     settings = request.app.state.settings
     slots = _decode_slots(request.app.state, settings.max_concurrent_decodes)
     try:
@@ -143,16 +148,19 @@ async def _read_image(request: Request, data: bytes, job_id: str) -> np.ndarray:
         ) from None
     try:
         return await run_in_threadpool(
-            _decode, request.app.state.catalog, job_id, data, settings.max_decoded_image_bytes
+            _decode, request.app.state.catalog, job_id, identity, data,
+            settings.max_decoded_image_bytes,
         )
     finally:
         slots.release()
 
 
-def _decode(catalog: Catalog, job_id: str, data: bytes, max_decoded_bytes: int) -> np.ndarray:
+def _decode(
+    catalog: Catalog, job_id: str, identity: Identity, data: bytes, max_decoded_bytes: int
+) -> np.ndarray:
     """The upload as the model reads images: a digit centred as MNIST's (28, 28), or the
     image resized to its dataset's (height, width, channels)."""
-    signature = catalog.signature(catalog.resolve(job_id))
+    signature = catalog.signature(catalog.resolve(job_id, identity=identity))
     if signature.mnist:
         return imaging.mnist_like(data, max_decoded_bytes=max_decoded_bytes)
     if signature.kind != "image":
