@@ -207,10 +207,15 @@ class Catalog:
     a model never changes; only deletion ends a job, so a remembered job is looked up again
     once RECHECK_AFTER seconds have passed: a job deleted through another API process is
     404 here within that time, and at once when deleted through this one (`forget`).
-    Aliases are looked up every time: they move whenever a job succeeds."""
+
+    An alias (`latest`, `best`) moves when a job succeeds or is deleted, which a worker or
+    another API process may do: its answer is kept ALIAS_TTL seconds, so that under load an
+    alias costs one query a second, not one a request (`best` sorts every succeeded job).
+    A job deleted through this process drops the aliases at once (`forget`)."""
 
     _MAX_REMEMBERED = 100_000
     RECHECK_AFTER = 5.0
+    ALIAS_TTL = 1.0
 
     def __init__(self, *, database: Database, store: ModelStore) -> None:
         self.database = database
@@ -218,6 +223,8 @@ class Catalog:
         self.signatures = Signatures(database)
         self._known: dict[int, _Known] = {}
         self._lock = threading.Lock()
+        # (alias, the owner whose jobs it ranges over) -> its model and when it was read.
+        self._aliases: dict[tuple[str, int | None], tuple[ModelRef, float]] = {}
 
     def find(
         self, name: str, version: str | None = None, *, identity: Identity = Identity.ADMIN
@@ -234,6 +241,8 @@ class Catalog:
         self, name: str, version: str | None = None, *, identity: Identity = Identity.ADMIN
     ) -> ModelRef:
         """The servable model `name` means to `identity` (see `resolve`)."""
+        if name in ALIASES:
+            return _check_version(self._alias(name, identity), version)
         job_id = parse_id(name)
         known = self._known.get(job_id) if job_id is not None else None
         if known is not None and time.monotonic() - known.seen < self.RECHECK_AFTER:
@@ -246,6 +255,16 @@ class Catalog:
         ref = self.find(name, version, identity=identity)
         if not ref.ready:
             raise ModelNotReady(ref.job_id, ref.state, ref.error)
+        return ref
+
+    def _alias(self, name: str, identity: Identity) -> ModelRef:
+        key = (name, identity.sees)
+        cached = self._aliases.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self.ALIAS_TTL:
+            return cached[0]
+        ref = self.find(name, identity=identity)  # an alias names succeeded jobs only
+        self._aliases[key] = (ref, now)
         return ref
 
     def predict(self, ref: ModelRef, images: np.ndarray) -> np.ndarray:
@@ -293,6 +312,7 @@ class Catalog:
         unless another job's model has the same bytes."""
         with self._lock:
             self._known.pop(job_id, None)
+            self._aliases.clear()  # the job may have been latest or best
         if sha256 is None:
             return
         with self.database.session() as session:

@@ -107,7 +107,7 @@ def test_servable_names_are_succeeded_ids_newest_first_then_aliases(database: Da
         assert serving.database_ready(session=session)
 
 
-def test_the_catalog_remembers_succeeded_ids_but_never_aliases_or_other_states(
+def test_the_catalog_remembers_succeeded_ids_but_not_other_states(
     database: Database, settings: Settings
 ) -> None:
     catalog = Catalog(database=database, store=ModelStore(settings.models_dir, capacity=1))
@@ -116,9 +116,7 @@ def test_the_catalog_remembers_succeeded_ids_but_never_aliases_or_other_states(
         catalog.resolve(str(job_id))
     set_state(database, job_id, JobState.succeeded)
     assert catalog.resolve(str(job_id)).ready  # a not-ready answer was not remembered
-    assert catalog.resolve("latest").job_id == job_id
     newer = add_job(database, JobState.succeeded, accuracy=0.5)
-    assert catalog.resolve("latest").job_id == newer  # aliases are looked up every time
     with database.session(write=True) as session:  # succeeded is final; prove no query is made
         session.delete(session.get(Job, job_id))
     assert catalog.resolve(str(job_id)).job_id == job_id
@@ -130,3 +128,25 @@ def test_the_catalog_remembers_succeeded_ids_but_never_aliases_or_other_states(
 def set_state(database: Database, job_id: int, state: JobState) -> None:
     with database.session(write=True) as session:
         session.get(Job, job_id).state = state
+
+
+def test_an_alias_is_read_once_per_ttl_and_dropped_when_a_job_is_deleted_here(
+    database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = Catalog(database=database, store=ModelStore(settings.models_dir, capacity=1))
+    first = add_job(database, JobState.succeeded, accuracy=0.9)
+    assert catalog.resolve("latest").job_id == catalog.resolve("best").job_id == first
+    newer = add_job(database, JobState.succeeded, accuracy=0.95)
+    # Within ALIAS_TTL the aliases answer from memory: no query, the newer job not yet seen.
+    assert catalog.resolve("latest").job_id == catalog.resolve("best").job_id == first
+    with pytest.raises(ModelNotFound, match="has no version"):
+        catalog.resolve("latest", version=str(newer))
+    monkeypatch.setattr(Catalog, "ALIAS_TTL", 0.0)  # the second has passed
+    assert catalog.resolve("latest").job_id == catalog.resolve("best").job_id == newer
+    assert catalog.resolve("latest", version=str(newer)).job_id == newer
+    monkeypatch.setattr(Catalog, "ALIAS_TTL", 3600.0)
+    with database.session(write=True) as session:
+        session.delete(session.get(Job, newer))
+    assert catalog.resolve("best").job_id == newer  # deleted elsewhere: kept for the TTL
+    catalog.forget(newer, None)  # deleted through this process: dropped at once
+    assert catalog.resolve("latest").job_id == catalog.resolve("best").job_id == first
