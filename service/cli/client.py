@@ -121,6 +121,10 @@ class Client:
         """POST /jobs/{id}/cancel: the job, cancelled or asked to stop."""
         return self._call("POST", f"/jobs/{job_id}/cancel")
 
+    def delete(self, job_id: str | int) -> None:
+        """DELETE /jobs/{id}: a finished job, with all it owns."""
+        self._call("DELETE", f"/jobs/{job_id}")
+
     def predict_image(self, name: str, path: Path) -> dict[str, Any]:
         """POST /jobs/{name}/predict with the image as the multipart field `file`: the
         first prediction, {digit, probabilities}."""

@@ -25,7 +25,9 @@ from service.cli.console import (
 )
 from service.schemas import FINAL_STATES, Activation, Implementation, JobState, OptimizerName
 
-COMMANDS = ("submit", "jobs", "status", "follow", "cancel", "predict", "datasets", "study")
+COMMANDS = (
+    "submit", "jobs", "status", "follow", "cancel", "delete", "predict", "datasets", "study",
+)
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
 
@@ -135,6 +137,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
     )
     submit.add_argument("--seed", type=int, metavar="N")
     submit.add_argument(
+        "--priority", type=int, metavar="N",
+        help="-1000 to 1000: higher starts first among this key's queued jobs (default 0)",
+    )
+    submit.add_argument(
         "--no-shuffle", dest="shuffle", action="store_false", default=None,
         help="visit the training images in order every epoch, as the book's BatchGenerator",
     )
@@ -159,6 +165,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: SLF001 (
 
     cancel = commands.add_parser("cancel", help="cancel a queued job, or stop a running one")
     cancel.add_argument("job", metavar="ID")
+
+    delete = commands.add_parser(
+        "delete", help="delete a finished job with its loss rows, epochs and model"
+    )
+    delete.add_argument("job", metavar="ID")
 
     predict = commands.add_parser(
         "predict", help="read digits (or an image dataset's labels) in PNG or JPEG images"
@@ -213,6 +224,7 @@ def spec_from(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": {**(args.dataset or {}), "train_limit": args.train_limit,
                     "test_limit": args.test_limit},
         "seed": args.seed,
+        "priority": args.priority,
         "shuffle": args.shuffle,
     }
     spec = {}
@@ -296,6 +308,14 @@ def cancel(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def delete(client: Client, args: argparse.Namespace) -> int:
+    """`tapefit delete ID`: a finished job and all it owns (a queued or running job is
+    refused: cancel it first)."""
+    client.delete(args.job)
+    print(f"job {args.job} deleted")
+    return OK
+
+
 def predict(client: Client, args: argparse.Namespace) -> int:
     """`tapefit predict ID|latest|best IMAGE...`: what the model reads in each image (the
     digit, or its dataset's label), with its probability (or all of them with --json)."""
@@ -367,6 +387,7 @@ _COMMANDS = {
     "status": status,
     "follow": follow,
     "cancel": cancel,
+    "delete": delete,
     "predict": predict,
     "datasets": datasets,
     "study": studies.run,

@@ -55,7 +55,7 @@ export async function api(path, { method = "GET", json, body, signal } = {}) {
     throw new ApiError("the server does not answer", 0);
   }
   if (!response.ok) throw await failure(response);
-  return response.json();
+  return response.status === 204 ? null : response.json();
 }
 
 // Reads GET {path} as Server-Sent Events and calls onEvent(type, data, id) for each, until

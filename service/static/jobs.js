@@ -144,7 +144,7 @@ function progressCell(job) {
     h("span", { class: "muted small" }, label));
 }
 
-function row(job, refresh) {
+function row(job, refresh, admin) {
   const open = () => { location.hash = `#/jobs/${job.id}`; };
   const cancel = async (event) => {
     event.stopPropagation();
@@ -155,20 +155,35 @@ function row(job, refresh) {
       refresh();
     }
   };
+  // A finished job can be deleted, with its loss curve and model.
+  const remove = async (event) => {
+    event.stopPropagation();
+    if (!confirm(`Delete job #${job.id}, its loss curve and its model?`)) return;
+    event.target.disabled = true;
+    try {
+      await api(`/jobs/${job.id}`, { method: "DELETE" });
+    } finally {
+      refresh();
+    }
+  };
   const pick = h("input", { type: "checkbox", class: "pick", value: String(job.id), checked: picked.has(job.id),
     "aria-label": `compare job ${job.id}`, onclick: (event) => event.stopPropagation(),
     onchange: (event) => { if (event.target.checked) picked.add(job.id); else picked.delete(job.id); refresh.picked?.(); } });
   return h("tr", { class: "job-row", dataset: { id: job.id, state: job.state }, onclick: open },
     h("td", { class: "pick" }, pick),
     h("td", { class: "num" }, h("a", { href: `#/jobs/${job.id}` }, `#${job.id}`)),
+    // Admins see every key's jobs: whose each is (no key: the admin token's).
+    h("td", { class: "muted small owner", hidden: !admin }, job.owner_name ?? "admin"),
     h("td", {}, badge(job)),
     h("td", { class: "model" }, h("div", {}, describeModel(job.spec)), h("div", { class: "muted small" }, describeTraining(job.spec))),
     progressCell(job),
     h("td", { class: "num" }, fixed(job.loss)),
     h("td", { class: "num" }, percent(job.test_accuracy)),
     h("td", { class: "muted small when" }, ago(job.created_at)),
-    h("td", { class: "actions" }, FINAL.includes(job.state) || job.cancel_requested
-      ? null : h("button", { class: "button small danger", type: "button", onclick: cancel }, "Cancel")));
+    h("td", { class: "actions" }, FINAL.includes(job.state)
+      ? h("button", { class: "button small", type: "button", onclick: remove }, "Delete")
+      : job.cancel_requested ? null
+        : h("button", { class: "button small danger", type: "button", onclick: cancel }, "Cancel")));
 }
 
 export function jobsView(signal) {
@@ -176,10 +191,16 @@ export function jobsView(signal) {
   const total = h("span", { class: "muted" });
   const error = h("div", { class: "error", hidden: true });
   const empty = h("div", { class: "empty", hidden: true }, "No jobs yet. Start one with the form.");
-  const headings = ["", "Job", "State", "Model", "Progress", "Loss", "Test acc.", "Created", ""];
-  const table = h("table", { class: "jobs", hidden: true },
-    h("thead", {}, h("tr", {}, headings.map((t) => h("th", { class: t === "Created" ? "when" : null }, t)))),
-    body);
+  const headings = ["", "Job", "Owner", "State", "Model", "Progress", "Loss", "Test acc.", "Created", ""];
+  const heads = headings.map((t) => h("th", { class: t === "Created" ? "when" : null, hidden: t === "Owner" }, t));
+  const table = h("table", { class: "jobs", hidden: true }, h("thead", {}, h("tr", {}, heads)), body);
+  // Who this token is: an admin's list holds every key's jobs, so it shows their owners.
+  let admin = false;
+  api("/keys/me", { signal }).then((me) => {
+    admin = me.admin;
+    heads[2].hidden = !admin;
+    refresh();
+  }, () => {});
 
   let timer = 0;
   const compare = comparePanel(picked, signal);
@@ -187,7 +208,7 @@ export function jobsView(signal) {
     clearTimeout(timer);
     try {
       const page = await api("/jobs?limit=50", { signal });
-      body.replaceChildren(...page.items.map((job) => row(job, refresh)));
+      body.replaceChildren(...page.items.map((job) => row(job, refresh, admin)));
       total.textContent = page.total ? `${page.total} in all` : "";
       empty.hidden = page.items.length > 0;
       table.hidden = page.items.length === 0;

@@ -44,3 +44,15 @@ class KeyRead(BaseModel):
 
 class KeyCreated(KeyRead):
     token: str = Field(description="the key's token: shown this once, never stored")
+
+
+class IdentityRead(BaseModel):
+    """Who a token is: an API key, or the admin token (key_id null)."""
+
+    key_id: int | None = Field(description="the key's id; null: the admin token (or an open "
+                               "server, where every request is the admin's)")
+    name: str
+    scopes: list[Scope]
+    admin: bool = Field(description="sees every key's jobs and manages the keys")
+    max_queued: int | None
+    max_running: int | None

@@ -30,13 +30,17 @@ def wait_until(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
 
 
 @contextmanager
-def run_server(tmp_path: Path, *, workers: int) -> Iterator[httpx.Client]:
-    """`tapefit serve` on a port of its own with `workers` workers, stopped with Ctrl-C after."""
+def run_server(
+    tmp_path: Path, *, workers: int, env: dict[str, str] | None = None
+) -> Iterator[httpx.Client]:
+    """`tapefit serve` on a port of its own with `workers` workers (and settings `env`),
+    stopped with Ctrl-C after."""
     env = {
         **os.environ,
         "TAPEFIT_DATA_DIR": str(tmp_path / "data"),
         "TAPEFIT_MNIST_PATH": str(SAMPLE),
         "TAPEFIT_DATABASE_URL": "",
+        **(env or {}),
     }
     env.pop("TAPEFIT_DATABASE_URL")
     process, url = start_serve("--workers", str(workers), env=env,

@@ -161,8 +161,11 @@ def test_another_keys_job_is_404_on_every_route_and_lists_show_only_ones_own(
         assert secured.get(f"/v1/models/{alias}", headers=bob.headers).status_code == 404
     best = secured.get("/v1/models/best", headers=ADMIN).json()
     assert best["model_version_status"][0]["version"] == str(admins)
-    # The owner reads its own: 200s.
+    # The owner reads its own: 200s, its finished job's event stream too.
     assert secured.get(f"/jobs/{alices}/epochs", headers=alice.headers).status_code == 200
+    with secured.stream("GET", f"/jobs/{alices}/events", headers=alice.headers) as stream:
+        assert stream.status_code == 200
+        assert '"state": "succeeded"' in "".join(stream.iter_text()).replace('":"', '": "')
     assert secured.get(f"/jobs/{alices}/model", headers=alice.headers).content \
         == b"alice's model"
 
@@ -267,3 +270,14 @@ def test_every_write_route_refuses_a_read_key(secured: TestClient,
             checked += 1
     assert checked >= 6
     assert secured.get(f"/jobs/{job_id}", headers=reader.headers).json()["state"] == "queued"
+
+
+def test_a_token_tells_who_it_is(secured: TestClient, client: TestClient) -> None:
+    alice = make_key(secured, "alice", scopes=["read"], max_queued=3)
+    assert secured.get("/keys/me", headers=alice.headers).json() == {
+        "key_id": alice.id, "name": "alice", "scopes": ["read"], "admin": False,
+        "max_queued": 3, "max_running": None}
+    me = secured.get("/keys/me", headers=ADMIN).json()
+    assert (me["key_id"], me["admin"], me["scopes"]) == (None, True, ["admin", "read", "train"])
+    assert client.get("/keys/me").json()["admin"] is True  # an open server: the admin's
+    assert secured.get("/keys/me").status_code == 401

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
 
-from service.api.deps import AdminDep, WriteSessionDep
+from fastapi import APIRouter, Path, Request, Response, status
+
+from service.api.deps import AdminDep, IdentityDep, SessionDep, WriteSessionDep
 from service.api.responses import errors
-from service.ids import parse_id
+from service.ids import PATTERN, parse_id
 from service.tenancy import keys
-from service.tenancy.schemas import KeyCreate, KeyCreated, KeyRead
+from service.tenancy.schemas import IdentityRead, KeyCreate, KeyCreated, KeyRead
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -31,16 +33,28 @@ def create_key(
 
 
 @router.get("", response_model=list[KeyRead], responses=errors(403))
-def list_keys(admin: AdminDep, request: Request) -> list[KeyRead]:
+def list_keys(admin: AdminDep, session: SessionDep) -> list[KeyRead]:
     """Every key, revoked ones too: names, scopes, quotas, last use; never a token."""
-    with request.app.state.database.session() as session:
-        return [KeyRead.model_validate(key, from_attributes=True)
-                for key in keys.list_keys(session=session)]
+    return [KeyRead.model_validate(key, from_attributes=True)
+            for key in keys.list_keys(session=session)]
+
+
+@router.get("/me", response_model=IdentityRead)
+async def whoami(identity: IdentityDep) -> IdentityRead:
+    """Who this token is: its key's name, scopes and quotas, or the admin token."""
+    return IdentityRead(key_id=identity.key_id, name=identity.name,
+                        scopes=sorted(identity.scopes), admin=identity.is_admin,
+                        max_queued=identity.max_queued, max_running=identity.max_running)
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
                responses=errors(403, 404, 503))
-def revoke_key(admin: AdminDep, session: WriteSessionDep, key_id: str) -> Response:
+def revoke_key(
+    admin: AdminDep,
+    session: WriteSessionDep,
+    key_id: Annotated[str, Path(description="the key's id",
+                                json_schema_extra={"pattern": f"^{PATTERN}$"})],
+) -> Response:
     """Revoke a key: its token is refused (401) from the next request on. Its jobs stay,
     seen by admins."""
     parsed = parse_id(key_id)
