@@ -9,7 +9,7 @@ dead) cannot overwrite the history that the job's next worker writes.
 from __future__ import annotations
 
 import hashlib
-import heapq
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,29 +54,39 @@ def _next_job() -> Select[tuple[int]]:
     its key's max_running is passed over. Then, among that owner's queued jobs, the highest
     `priority`, then the oldest. One user's hundred queued jobs therefore take turns with
     another's one. `claim_order` is the same rule in Python, for queue positions.
+
+    The owner is chosen first, by itself (`turn`: one row), and only its jobs are sorted:
+    grouped by the bare column, the aggregates read the (state, owner) index in its order,
+    and the last step is an index search. Sorting every queued job instead cost a claim
+    40 ms with 3,000 queued on SQLite, all of it under the write lock.
     """
-    owner = _OWNER
     queued = (
-        select(owner.label("owner"), func.min(Job.id).label("first"))
+        select(Job.owner.label("owner"), func.min(Job.id).label("first"))
         .where(Job.state == JobState.queued)
-        .group_by(owner)
+        .group_by(Job.owner)
         .subquery("queued_owners")
     )
     running = (
-        select(owner.label("owner"), func.count().label("jobs"))
+        select(Job.owner.label("owner"), func.count().label("jobs"))
         .where(Job.state == JobState.running)
-        .group_by(owner)
+        .group_by(Job.owner)
         .subquery("running_owners")
     )
     busy = func.coalesce(running.c.jobs, 0)
+    turn = (
+        select(queued.c.owner)
+        .outerjoin(running, running.c.owner.is_not_distinct_from(queued.c.owner))
+        .outerjoin(ApiKey, ApiKey.id == queued.c.owner)
+        .where(or_(ApiKey.max_running.is_(None), busy < ApiKey.max_running))
+        .order_by(busy, queued.c.first)
+        .limit(1)
+        .subquery("turn")
+    )
     return (
         select(Job.id)
-        .join(queued, queued.c.owner == owner)
-        .outerjoin(running, running.c.owner == queued.c.owner)
-        .outerjoin(ApiKey, ApiKey.id == Job.owner)
-        .where(Job.state == JobState.queued,
-               or_(ApiKey.max_running.is_(None), busy < ApiKey.max_running))
-        .order_by(busy, queued.c.first, Job.priority.desc(), Job.id)
+        .join(turn, Job.owner.is_not_distinct_from(turn.c.owner))
+        .where(Job.state == JobState.queued)
+        .order_by(Job.priority.desc(), Job.id)
         .limit(1)
     )
 
@@ -128,48 +138,45 @@ class ClaimOrder:
 
 
 def claim_order(*, session: Session) -> ClaimOrder:
-    """The fair order of `_next_job`, for every queued job at once: one read of the queued
-    jobs' ids, owners and priorities, one of the running counts, then the claims replayed."""
+    """The fair order of `_next_job`, for every queued job at once, from one read of the
+    queued jobs' ids, owners and priorities, one of the running counts and one of the quotas.
+
+    An owner's k-th claim (its jobs by priority, then age) comes when it has `running + k`
+    jobs running and its oldest job still queued is the oldest of those not yet claimed;
+    each owner's claims come in that increasing order, so the whole order is those keys
+    sorted, and the claims need not be replayed one by one."""
+    jobs_ = Job.__table__.c
     queued = session.execute(
-        select(Job.id, Job.owner, Job.priority).where(Job.state == JobState.queued)
+        select(jobs_.id, jobs_.owner, jobs_.priority).where(jobs_.state == JobState.queued)
     ).all()
     if not queued:
         return ClaimOrder({}, {})
     running = dict(session.execute(
-        select(_OWNER, func.count())
-        .where(Job.state == JobState.running)
-        .group_by(_OWNER)
+        select(_OWNER, func.count()).where(Job.state == JobState.running).group_by(_OWNER)
     ).all())
-    owners = {row.owner for row in queued if row.owner is not None}
+    by_owner: dict[int, list[tuple[int, int]]] = {}
+    for job_id, owner, priority in queued:
+        by_owner.setdefault(owner or 0, []).append((-priority, job_id))
     limits = dict(session.execute(
         select(ApiKey.id, ApiKey.max_running)
-        .where(ApiKey.id.in_(owners), ApiKey.max_running.is_not(None))
-    ).all()) if owners else {}
-    waiting: dict[int, list[tuple[int, int]]] = {}  # owner -> [(-priority, id)], a heap each
-    oldest: dict[int, list[int]] = {}  # owner -> ids, a heap each (claimed ones skipped)
-    for row in queued:
-        owner = row.owner or 0
-        waiting.setdefault(owner, []).append((-row.priority, row.id))
-        oldest.setdefault(owner, []).append(row.id)
-    for heap in (*waiting.values(), *oldest.values()):
-        heapq.heapify(heap)
-    claimed: set[int] = set()
-    turns = [(running.get(owner, 0), oldest[owner][0], owner) for owner in waiting]
-    heapq.heapify(turns)
-    positions: dict[int, int] = {}
-    while turns:
-        busy, _, owner = heapq.heappop(turns)
-        if owner in limits and busy >= limits[owner]:
-            continue  # at its max_running: the rest of its jobs wait for one to end
-        _, job_id = heapq.heappop(waiting[owner])
-        positions[job_id] = len(positions) + 1
-        claimed.add(job_id)
-        while oldest[owner] and oldest[owner][0] in claimed:
-            heapq.heappop(oldest[owner])
-        if waiting[owner]:
-            heapq.heappush(turns, (busy + 1, oldest[owner][0], owner))
-    held = {row.id: limits[row.owner or 0] for row in queued if row.id not in positions}
-    return ClaimOrder(positions, held)
+        .where(ApiKey.id.in_([owner for owner in by_owner if owner]),
+               ApiKey.max_running.is_not(None))
+    ).all())
+    keys: list[tuple[int, int, int]] = []
+    held: dict[int, int] = {}
+    for owner, waiting in by_owner.items():
+        waiting.sort()
+        # The oldest job still queued before each claim: the smallest id from there on.
+        oldest = list(itertools.accumulate((job_id for _, job_id in reversed(waiting)), min))
+        oldest.reverse()
+        busy, limit = running.get(owner, 0), limits.get(owner)
+        for turn, ((_, job_id), first) in enumerate(zip(waiting, oldest, strict=True)):
+            if limit is not None and busy + turn >= limit:
+                held[job_id] = limit  # waits for one of its owner's running jobs to end
+            else:
+                keys.append((busy + turn, first, job_id))
+    keys.sort()
+    return ClaimOrder({job_id: place for place, (_, _, job_id) in enumerate(keys, 1)}, held)
 
 
 def _held(lease: Lease) -> list[Any]:
