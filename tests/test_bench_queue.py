@@ -43,7 +43,7 @@ def test_it_prints_one_json_line_and_loses_nothing(
     assert figures["database"] == database.engine.dialect.name
     assert figures["duplicates"] == figures["lost"] == figures["errors"] == 0
     assert figures["jobs"] > 0 and figures["claims"] >= figures["jobs"]
-    assert figures["rows"] >= figures["jobs"] * 469 and figures["rows_per_second"] > 0
+    assert figures["rows"] >= figures["jobs"] * 469 // 2 and figures["rows_per_second"] > 0
     assert 0 < figures["claim_p50_ms"] <= figures["claim_p99_ms"]
     assert figures["heartbeat_p99_ms"] > 0
     # It ran on a scratch database: the configured one is as it was.

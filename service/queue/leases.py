@@ -91,6 +91,50 @@ def _next_job() -> Select[tuple[int]]:
     )
 
 
+def _next_job_by_owner(session: Session) -> int | None:
+    """`_next_job` in two short steps, for PostgreSQL, whose claims hold a lock that every
+    other claim waits for: the owners in their turn (each aggregate computed once), then the
+    first owner's job by priority that no other transaction holds (else the next owner's).
+
+    The same order: the one query sorts by (busy, first) before (priority, id), and the pair
+    (busy, first) belongs to one owner. As one query, the planner may run the aggregates
+    once per queued job: 50 ms a claim with 3,000 queued, claims one at a time, and a
+    hundred workers' claims waited seconds (`tapefit bench queue`).
+    """
+    queued = (
+        select(_OWNER.label("owner"), func.min(Job.id).label("first"))
+        .where(Job.state == JobState.queued)
+        .group_by(_OWNER)
+        .subquery("queued_owners")
+    )
+    running = (
+        select(_OWNER.label("owner"), func.count().label("jobs"))
+        .where(Job.state == JobState.running)
+        .group_by(_OWNER)
+        .subquery("running_owners")
+    )
+    busy = func.coalesce(running.c.jobs, 0)
+    owners = session.scalars(
+        select(queued.c.owner)
+        .outerjoin(running, running.c.owner == queued.c.owner)
+        .outerjoin(ApiKey, ApiKey.id == queued.c.owner)
+        .where(or_(ApiKey.max_running.is_(None), busy < ApiKey.max_running))
+        .order_by(busy, queued.c.first)
+    ).all()
+    for owner in owners:
+        mine = Job.owner.is_(None) if owner == 0 else Job.owner == owner
+        job_id = session.scalar(
+            select(Job.id)
+            .where(Job.state == JobState.queued, mine)
+            .order_by(Job.priority.desc(), Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if job_id is not None:
+            return job_id
+    return None
+
+
 def claim_job(*, session: Session, worker_id: str) -> Lease | None:
     """Atomically take the next queued job in the fair order (`_next_job`); None when no job
     can start (the queue is empty, or every owner with queued jobs is at its max_running).
@@ -102,7 +146,7 @@ def claim_job(*, session: Session, worker_id: str) -> Lease | None:
     now = utcnow()
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
-        job_id = session.scalar(_next_job().with_for_update(of=Job, skip_locked=True))
+        job_id = _next_job_by_owner(session)
         if job_id is None:
             return None
         target = Job.id == job_id
