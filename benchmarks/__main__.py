@@ -2,6 +2,7 @@
 
     tapefit bench [--mnist PATH] [--epochs 3] [--skip-serving] [--skip-queue]
     tapefit bench queue --simulated-workers N --seconds S [--json]   (benchmarks/queue.py)
+    tapefit bench tenancy [--queued N] [--owners N]   (fair claims and keys: benchmarks/tenancy.py)
 
 Ratios are measured in one process run against each other, so they hold on a noisy machine
 better than the absolute seconds do.
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.queue import main as bench_queue_main
 
         return bench_queue_main(argv[1:])
+    if argv[:1] == ["tenancy"]:  # fair claims and keys alone: no TensorFlow, no MNIST
+        from benchmarks.tenancy import main as bench_tenancy_main
+
+        return bench_tenancy_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tapefit bench", description=__doc__)
     parser.add_argument("--mnist", type=Path, default=os.environ.get("TAPEFIT_MNIST_PATH"),
                         help="the full MNIST (.npz or IDX folder); default TAPEFIT_MNIST_PATH")

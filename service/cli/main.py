@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply the migrations up to the newest")
+    db_commands.add_parser(
+        "compact",
+        help="SQLite: rewrite the file so deletions give space back to the disk (VACUUM; "
+        "needs as much free disk again; best with the service stopped)",
+    )
     client_commands.add_parsers(commands)
     return parser
 
@@ -73,7 +78,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         from service.migrate import upgrade
 
         upgrade(get_settings().sqlalchemy_url)
+        if args.db_command == "compact":
+            return compact()
         print("database at head")
+    return 0
+
+
+def compact() -> int:
+    """`tapefit db compact`: switch a SQLite file made before incremental vacuum existed, and
+    give its free pages back to the disk."""
+    from service.db import Database
+    from service.queue.sweeper import make_incremental
+
+    settings = get_settings()
+    database = Database(settings.sqlalchemy_url, busy_timeout=settings.sqlite_busy_timeout)
+    try:
+        if not database.is_sqlite:
+            print("tapefit: PostgreSQL reclaims space by itself (autovacuum); nothing to do",
+                  file=sys.stderr)
+            return 0
+        switched = make_incremental(database)
+    finally:
+        database.dispose()
+    print("compacted; space freed by deletions now goes back to the disk" if switched
+          else "compacted (it already gave space back after deletions)")
     return 0
 
 

@@ -4,6 +4,7 @@ retention deletes old ones; SQLite gives the space back and keeps its WAL small.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,6 +21,7 @@ from service.migrate import upgrade
 from service.models import Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
 from service.queue import jobs, leases, sweeper
 from service.schemas import JobSpec, JobState
+from tests.helpers.processes import TAPEFIT
 from tests.helpers.settings import make_settings
 from tests.helpers.tenancy import ADMIN, make_key, run_to_success, secured_client, sha256
 
@@ -286,3 +288,28 @@ def test_a_job_not_finished_is_never_expired(database: Database, settings: Setti
     retained = settings.model_copy(update={"retention_days": 1})
     assert sweeper.delete_expired(database, retained) == []
     assert rows_of(database, job_id)["jobs"] == 1
+
+
+def test_tapefit_db_compact_switches_an_older_file(tmp_path: Path) -> None:
+    """The command, as a real process, on a file made before incremental vacuum existed."""
+    settings = make_settings(tmp_path / "data")
+    upgrade(settings.sqlalchemy_url)
+    database = Database(settings.sqlalchemy_url)
+    with database.engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        raw.execute("PRAGMA auto_vacuum=NONE")
+        raw.execute("VACUUM")
+    database.dispose()
+    env = {**os.environ, "TAPEFIT_DATA_DIR": str(settings.data_dir)}
+    env.pop("TAPEFIT_DATABASE_URL", None)
+    first = subprocess.run([TAPEFIT, "db", "compact"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "compacted; space freed by deletions now goes back to the disk"
+    again = subprocess.run([TAPEFIT, "db", "compact"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.stdout.strip() == "compacted (it already gave space back after deletions)"
+    database = Database(settings.sqlalchemy_url)
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2
+    database.dispose()
