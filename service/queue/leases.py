@@ -201,11 +201,11 @@ def claim_order(*, session: Session) -> ClaimOrder:
     by_owner: dict[int, list[tuple[int, int]]] = {}
     for job_id, owner, priority in queued:
         by_owner.setdefault(owner or 0, []).append((-priority, job_id))
+    key_ids = [owner for owner in by_owner if owner]  # the admin's jobs (0) have no quota
     limits = dict(session.execute(
         select(ApiKey.id, ApiKey.max_running)
-        .where(ApiKey.id.in_([owner for owner in by_owner if owner]),
-               ApiKey.max_running.is_not(None))
-    ).all())
+        .where(ApiKey.id.in_(key_ids), ApiKey.max_running.is_not(None))
+    ).all()) if key_ids else {}
     keys: list[tuple[int, int, int]] = []
     held: dict[int, int] = {}
     for owner, waiting in by_owner.items():
