@@ -134,6 +134,7 @@ def test_fifty_streams_on_a_training_job_share_one_poller(cluster: Cluster) -> N
     drops = stats_after["drops"] - stats_live["drops"]
     assert hubs.stats["hubs"] == 1
     assert polls > 0 and reads <= 2 * drops
-    assert statements_after - statements_live == polls + reads
+    # (±1: a poll in flight as a snapshot is taken is counted on one side of it only.)
+    assert abs((statements_after - statements_live) - (polls + reads)) <= 1
     # Before that, each stream read its backlog itself, in pages of 500 rows.
     assert stats_live["reads"] <= STREAMS * (opened // 500 + 3)

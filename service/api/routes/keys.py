@@ -5,12 +5,23 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response, status
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from service.api.deps import AdminDep, IdentityDep, SessionDep, WriteSessionDep
 from service.api.responses import errors
 from service.ids import PATTERN, parse_id
 from service.tenancy import keys
 from service.tenancy.schemas import IdentityRead, KeyCreate, KeyCreated, KeyRead
+
+
+class _Digits(StringConvertor):
+    """A key id in a path: digits only, so `/keys/me` is never taken for a key (a DELETE there
+    is a 405 that allows GET). `01` still matches, and the id rule answers it 404."""
+
+    regex = "[0-9]+"
+
+
+register_url_convertor("digits", _Digits())
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -47,7 +58,8 @@ async def whoami(identity: IdentityDep) -> IdentityRead:
                         max_queued=identity.max_queued, max_running=identity.max_running)
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+@router.delete("/{key_id:digits}", status_code=status.HTTP_204_NO_CONTENT,
+               response_class=Response,
                responses=errors(403, 404, 503))
 def revoke_key(
     admin: AdminDep,
