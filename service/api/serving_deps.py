@@ -3,8 +3,9 @@ catalog and raw bodies with a size limit (their errors are answered by service/a
 
 These dependencies are async and do no I/O, on purpose: FastAPI runs every sync dependency
 (and both ends of a sync generator one) in its thread pool, and each hop costs about 0.1 ms
-on a small machine, more than a LiteRT inference. A prediction takes one hop, its sync
-route, where the lookup and the inference run.
+on a small machine, more than a LiteRT inference. A prediction takes at most one hop, to
+where the lookup and the inference run; a small one whose model is in memory takes none
+(service/api/routes/predict.py).
 """
 
 from __future__ import annotations

@@ -107,9 +107,9 @@ class ObservedCatalog(Catalog):
         super().__init__(**kwargs)
         self._metrics = metrics
 
-    def predict(self, ref: ModelRef, images: np.ndarray) -> np.ndarray:
+    def predict(self, ref: ModelRef, images: np.ndarray, *, wait: bool = True) -> np.ndarray:
         started = time.perf_counter()
-        probabilities = super().predict(ref, images)
+        probabilities = super().predict(ref, images, wait=wait)
         self._metrics.prediction_duration.observe(time.perf_counter() - started)
         self._metrics.predictions.inc()
         self._metrics.predicted_images.inc(len(images))

@@ -267,9 +267,29 @@ class Catalog:
         self._aliases[key] = (ref, now)
         return ref
 
-    def predict(self, ref: ModelRef, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 10) from the model's LiteRT interpreter."""
-        return self.store.predict(self.cache(ref.job_id), images)
+    def in_memory(self, name: str, *, identity: Identity = Identity.ADMIN) -> bool:
+        """True when resolving `name` and predicting with its model need neither the
+        database nor a file: the name was resolved lately (within RECHECK_AFTER or
+        ALIAS_TTL), and its model's signature and interpreter are loaded."""
+        now = time.monotonic()
+        if name in ALIASES:
+            cached = self._aliases.get((name, identity.sees))
+            if cached is None or now - cached[1] >= self.ALIAS_TTL:
+                return False
+            job_id: int | None = cached[0].job_id
+        else:
+            job_id = parse_id(name)
+        known = self._known.get(job_id) if job_id is not None else None
+        return (
+            known is not None and now - known.seen < self.RECHECK_AFTER
+            and known.sha256 is not None and self.store.loaded(known.sha256)
+            and self.signatures.known(job_id)
+        )
+
+    def predict(self, ref: ModelRef, images: np.ndarray, *, wait: bool = True) -> np.ndarray:
+        """Probabilities (N, 10) from the model's LiteRT interpreter; with `wait` false,
+        ModelBusy rather than loading the model or waiting for its interpreter."""
+        return self.store.predict(self.cache(ref.job_id), images, wait=wait)
 
     def signature(self, ref: ModelRef) -> Signature:
         """What the model reads and the labels it answers in: MNIST's digits, or its job's

@@ -98,6 +98,10 @@ class Signatures:
         self._known: dict[int, Signature] = {}
         self._lock = threading.Lock()
 
+    def known(self, job_id: int) -> bool:
+        """True when the job's signature was looked up already (`of` reads no database)."""
+        return job_id in self._known
+
     def of(self, job_id: int) -> Signature:
         known = self._known.get(job_id)
         if known is not None:

@@ -34,6 +34,11 @@ class ModelUnavailable(LookupError):
     """The job has no exported model (not trained yet, or its file is gone)."""
 
 
+class ModelBusy(RuntimeError):
+    """Asked not to wait: the model is not loaded, or its interpreter is serving another
+    request. Ask again where waiting is fine (a worker thread)."""
+
+
 class BadInput(ValueError):
     """Tensor data that is not a batch of 28x28 images with pixels in [0, 1]."""
 
@@ -85,10 +90,13 @@ class _LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     batch: int = 1
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Outputs for flat rows of the model's input size, reshaped to its input shape."""
+    def predict(self, images: np.ndarray, *, wait: bool = True) -> np.ndarray:
+        """Outputs for flat rows of the model's input size, reshaped to its input shape;
+        ModelBusy, without waiting, when `wait` is false and another request has it."""
         images = images.reshape(-1, *self.input_shape)
-        with self.lock:
+        if not self.lock.acquire(blocking=wait):
+            raise ModelBusy("the model is serving another request")
+        try:
             if images.shape[0] != self.batch:
                 self.interpreter.resize_tensor_input(self.input_index, list(images.shape))
                 self.interpreter.allocate_tensors()
@@ -96,6 +104,8 @@ class _LoadedModel:
             self.interpreter.set_tensor(self.input_index, images)
             self.interpreter.invoke()
             return self.interpreter.get_tensor(self.output_index)  # a copy, safe after unlock
+        finally:
+            self.lock.release()
 
 
 class ModelStore:
@@ -139,15 +149,18 @@ class ModelStore:
         _verify(sha256, content)
         return content
 
-    def predict(self, sha256: str, images: np.ndarray) -> np.ndarray:
+    def predict(self, sha256: str, images: np.ndarray, *, wait: bool = True) -> np.ndarray:
         """Probabilities, shape (N, 10), for `images` of shape (N, 784) in [0, 1] (or any
-        shape holding N images of the model's input size)."""
-        loaded = self._get(sha256)
+        shape holding N images of the model's input size). With `wait` false it neither
+        loads the model nor waits for it: ModelBusy instead (see `loaded`)."""
+        loaded = self._get(sha256) if wait else self._loaded(sha256)
+        if loaded is None:
+            raise ModelBusy("the model is not loaded")
         size = math.prod(loaded.input_shape)
         if np.size(images) % size:
             raise BadInput(f"the model takes images of shape {list(loaded.input_shape)}")
         images = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, size)
-        probabilities = loaded.predict(images)
+        probabilities = loaded.predict(images, wait=wait)
         if probabilities.ndim != 2 or probabilities.shape[0] != images.shape[0]:
             raise ModelUnavailable(f"the model gives shape {probabilities.shape}")
         return probabilities
@@ -161,6 +174,17 @@ class ModelStore:
         if not _SHA256.fullmatch(sha256):
             raise ValueError(f"not a sha256: {sha256[:80]!r}")
         return self.models_dir / f"{sha256}.tflite"
+
+    def loaded(self, sha256: str) -> bool:
+        """True when the model is loaded: a prediction with it reads no file."""
+        return sha256 in self._models
+
+    def _loaded(self, sha256: str) -> _LoadedModel | None:
+        with self._lock:
+            loaded = self._models.get(sha256)
+            if loaded is not None:
+                self._models.move_to_end(sha256)
+            return loaded
 
     def _get(self, sha256: str) -> _LoadedModel:
         with self._lock:

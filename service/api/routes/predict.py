@@ -31,13 +31,17 @@ from service.schemas import ExplainedPrediction, ExplainedPredictResponse, Predi
 from service.serving import imaging, tensors
 from service.serving.catalog import Catalog
 from service.serving.signatures import Signature, check_inputs
-from service.serving.store import BadInput, as_numbers
+from service.serving.store import BadInput, ModelBusy, as_numbers
 from service.tenancy.identity import Identity
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["predict"])
 
 # Room for the multipart boundaries and part headers around a file at the size limit.
 _FORM_OVERHEAD = 64 * 1024
+# A JSON body up to this size (about ten images) whose model is in memory is answered on the
+# event loop: parsing it and running the model take less time than handing the request to
+# a worker thread and back, the one thing a prediction by id then cost beyond /healthz.
+INLINE_BYTES = 64 * 1024
 # Seconds an upload waits for a free decode slot before it is refused with 503.
 DECODE_WAIT = 2.0
 RETRY_AFTER = 1
@@ -193,21 +197,34 @@ InputDep = Annotated[bytes | np.ndarray, Depends(read_input)]
     openapi_extra=_BODY,
     responses=_RESPONSES,
 )
-def predict(
+async def predict(
     catalog: CatalogDep, identity: IdentityDep, job_id: str, payload: InputDep,
     explain: bool = False,
 ) -> Response:
     """Each instance's label, class and probabilities (one per class): for JSON instances
     (MNIST: images in [0, 1]; an uploaded dataset's: its raw feature rows, or pixels in
     [0, 1]) or an uploaded PNG/JPEG. MNIST models add the digit."""
+    if (isinstance(payload, bytes) and len(payload) <= INLINE_BYTES
+            and catalog.in_memory(job_id, identity=identity)):
+        try:
+            return _predict(catalog, identity, job_id, payload, explain, wait=False)
+        except ModelBusy:
+            pass  # its interpreter is serving another request: wait for it in a thread
+    return await run_in_threadpool(_predict, catalog, identity, job_id, payload, explain)
+
+
+def _predict(
+    catalog: Catalog, identity: Identity, job_id: str, payload: bytes | np.ndarray,
+    explain: bool, wait: bool = True,
+) -> Response:
     # The model first: what a valid body is depends on the dataset it was trained on.
     model = catalog.resolve(job_id, identity=identity)
     signature = catalog.signature(model)
     if isinstance(payload, bytes):
         images = (read_instances(payload) if signature.mnist
                   else dataset_instances(payload, signature))
-        return _response(catalog.predict(model, images), signature)
-    return _response(catalog.predict(model, payload), signature,
+        return _response(catalog.predict(model, images, wait=wait), signature)
+    return _response(catalog.predict(model, payload, wait=wait), signature,
                      seen=payload if explain else None)
 
 
