@@ -139,31 +139,138 @@ def steps_per_call(batch_size: int, multiply_adds: int = 0) -> int:
     by_work = CALL_MULTIPLY_ADDS // max(1, batch_size * multiply_adds)
     return max(1, min(STEPS_PER_CALL, CALL_SAMPLES // batch_size, by_work))
 
-TrainSteps = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+TrainSteps = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+log = logging.getLogger("tapefit.worker")
+
+# XLA fuses each step into a few kernels (on the default dense job an epoch takes about 0.75 of
+# the plain graph's time), but compiling the multi-step call costs about 0.5-0.8 s for each
+# batch size, before the first step: a job whose training is smaller than this, in forward
+# multiply-adds over all its epochs (about two epochs of the default job on the full MNIST),
+# runs in the plain graph. The choice follows from the spec and its data alone, so a job
+# resumed elsewhere, or run again, takes the same path and draws the same losses.
+XLA_MIN_MULTIPLY_ADDS = 5 * 10**10
 
 
-def make_train_steps(model: Model, updater: Updater) -> TrainSteps:
+def use_xla(*, epochs: int, samples: int, multiply_adds: int) -> bool:
+    """Whether a job of `epochs` over `samples` training images, `multiply_adds` each, runs
+    its full batches under XLA."""
+    return epochs * samples * multiply_adds >= XLA_MIN_MULTIPLY_ADDS
+
+
+def make_train_steps(model: Model, updater: Updater, *, xla: bool = False) -> TrainSteps:
     """Compile `one_training_step` over a stack of equal batches, shape (K, B, 784) and
-    (K, B): the steps run in order, and each one's (loss, accuracy) comes back, shape (K,)."""
-    updater.build(model.weights)
+    (K, B), of which the first `count` run, in order: each one's (loss, accuracy) comes back,
+    shape (K,), the entries past `count` zero.
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None, model.input_size], tf.float32),
-            tf.TensorSpec([None, None], tf.int32),
-        ]
-    )
-    def train_steps(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        count = tf.shape(images)[0]
-        losses = tf.TensorArray(tf.float32, size=count)
-        accuracies = tf.TensorArray(tf.float32, size=count)
-        for i in tf.range(count):
+    The loop's trip count is an argument, not the stack's shape, so one compilation (XLA's
+    is by shape) serves every call of a job: the epoch's last call, with fewer batches,
+    passes the same buffer. With `xla`, the call is compiled by XLA, unless its graph has an
+    op XLA would change or slow down (see `unfit_for_xla`: it then stays a plain graph), and
+    falls back to the plain graph for good if XLA cannot compile it."""
+    updater.build(model.weights)
+    signature = [
+        tf.TensorSpec([None, None, model.input_size], tf.float32),
+        tf.TensorSpec([None, None], tf.int32),
+        tf.TensorSpec([], tf.int32),
+    ]
+
+    @tf.function(input_signature=signature)
+    def train_steps(
+        images: tf.Tensor, labels: tf.Tensor, count: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        capacity = tf.shape(images)[0]
+        losses = tf.TensorArray(tf.float32, size=capacity, element_shape=[])
+        accuracies = tf.TensorArray(tf.float32, size=capacity, element_shape=[])
+        # A while on `i < count`, not a tf.range: XLA takes a range's limit as a constant,
+        # and would compile the call again for every new count.
+        i = tf.constant(0)
+        while i < count:
             loss, accuracy = one_training_step(model, updater, images[i], labels[i])
             losses = losses.write(i, loss)
             accuracies = accuracies.write(i, accuracy)
+            i += 1
         return losses.stack(), accuracies.stack()
 
+    if not xla:
+        return train_steps
+    traced = train_steps.get_concrete_function()  # the trace its first call would make
+    reason = unfit_for_xla(traced)
+    if reason is not None:
+        log.debug("this job's steps run in the plain graph: %s", reason)
+        return train_steps
+
+    # XLA compiles the traced graph itself: no second trace.
+    @tf.function(input_signature=signature, jit_compile=True)
+    def compiled(
+        images: tf.Tensor, labels: tf.Tensor, count: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        return traced(images, labels, count)
+
+    log.debug("this job's full batches run under XLA")
+    return _falling_back(compiled, train_steps)
+
+
+# Random ops under XLA draw other numbers from the same seed: TensorFlow's kernels default to
+# Philox, XLA's to ThreeFry on CPU (and keras' dropout does not choose), so a dropout model
+# would train with other masks than the same job always had. XLA's CPU convolutions and
+# pooling (and their gradients) are slower than TensorFlow's oneDNN kernels by an order of
+# magnitude or more: the chapter-8 convnet took minutes an epoch under XLA, not seconds.
+_UNFIT_FOR_XLA = {
+    "it draws random numbers (dropout)": ("Random", "RngBitGenerator", "RngReadAndSkip"),
+    "it convolves or pools": ("Conv", "Pool"),
+}
+
+
+def unfit_for_xla(function: tf.types.experimental.ConcreteFunction) -> str | None:
+    """Why a traced function should not run under XLA, from the ops in it and in the
+    functions it calls (a loop's body); None when nothing speaks against it."""
+    graph = function.graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    ops.update(node.op for f in graph.library.function for node in f.node_def)
+    for reason, markers in _UNFIT_FOR_XLA.items():
+        if any(marker in op for op in ops for marker in markers):
+            return reason
+    return None
+
+
+def _falling_back(first: TrainSteps, fallback: TrainSteps) -> TrainSteps:
+    """`first`, unless its first call fails, as an XLA compilation of an op it has no kernel
+    for would: then `fallback`, for every call. A failed XLA call has updated no variable
+    (its updates are written when the whole computation is done)."""
+    chosen: list[TrainSteps] = []
+
+    def train_steps(
+        images: tf.Tensor, labels: tf.Tensor, count: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        if chosen:
+            return chosen[0](images, labels, count)
+        try:
+            result = first(images, labels, count)
+            chosen.append(first)
+        except tf.errors.OpError as error:
+            log.debug("XLA cannot compile this step; the plain graph runs it: %s", error)
+            chosen.append(fallback)
+            result = fallback(images, labels, count)
+        return result
+
     return train_steps
+
+
+@dataclass(frozen=True)
+class CompiledSteps:
+    """A model's and updater's compiled steps: one batch, and a stack of equal batches."""
+
+    one: TrainStep
+    stack: TrainSteps
+
+
+def compile_steps(model: Model, updater: Updater, *, xla: bool = False) -> CompiledSteps:
+    """Both steps of `model` and `updater`; they trace at their first call (the stack under
+    XLA at once, to see whether XLA suits it), and once: a worker keeps them for its next job
+    of the same architecture, worker/kits.py."""
+    return CompiledSteps(make_train_step(model, updater),
+                         make_train_steps(model, updater, xla=xla))
 
 
 def evaluate(
@@ -315,6 +422,8 @@ def fit(
     shuffle: bool = True,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     early_stopping: EarlyStopping | None = None,
+    compiler: Callable[..., CompiledSteps] = compile_steps,
+    xla: bool | None = None,
 ) -> tuple[float, float]:
     """Runs the epochs from `position` (the start by default); returns the final
     (test_loss, test_accuracy): of the best epoch's weights when early stopping restores them.
@@ -322,7 +431,10 @@ def fit(
     Each epoch is evaluated on `validation` too, when given. Early stopping ends the fit after
     an epoch (`position.stopped_early_at`). Step numbers are global (epoch * batches per
     epoch + batch), so a resumed fit continues the sequence. Raises Diverged on a non-finite
-    batch loss, Stopped when the callback asks.
+    batch loss, Stopped when the callback asks. `compiler` makes the steps (as
+    `compile_steps`; a worker's kit hands out the ones it traced for an earlier job).
+    `xla`: whether the full batches run under XLA; by default `use_xla` decides, from the
+    job's size.
     """
     position = position if position is not None else FitPosition()
     if position.epoch < 0 or position.batch < 0:
@@ -332,17 +444,25 @@ def fit(
         if early_stopping is not None:
             early_stopping.restore(position)
         return evaluate(model, data.x_test, data.y_test)
-    train_step, train_steps = make_train_step(model, updater), make_train_steps(model, updater)
+    if xla is None:
+        xla = use_xla(epochs=epochs, samples=len(data.y_train), multiply_adds=model.multiply_adds)
+    steps = compiler(model, updater, xla=xla)
+    train_step, train_steps = steps.one, steps.stack
     num_samples = len(data.y_train)
     # Unshuffled, the batches go in order every epoch, exactly as the book's generator yields them.
     batches = BatchGenerator(data.x_train, data.y_train, batch_size, seed=seed if shuffle else None)
     full_batches = num_samples // batch_size
     # Each call's images are gathered into this one small buffer, in visiting order: no
     # shuffled copy of the whole set (whose fresh pages cost ~0.4 s before a job's first step).
-    per_call = steps_per_call(batch_size, model.multiply_adds)
+    # (No more than the epoch's full batches: a small job's buffer stays small.)
+    per_call = min(steps_per_call(batch_size, model.multiply_adds), max(1, full_batches))
     capacity = per_call * batch_size
-    image_buffer = np.empty((capacity, model.input_size), np.float32)
-    label_buffer = np.empty(capacity, data.y_train.dtype)
+    # Every call passes the whole buffer, and how many of its batches to run: one shape, one
+    # XLA compilation. Zeros, so the part a short first call leaves unwritten holds no garbage.
+    image_buffer = np.zeros((capacity, model.input_size), np.float32)
+    label_buffer = np.zeros(capacity, data.y_train.dtype)
+    image_stack = image_buffer.reshape(per_call, batch_size, model.input_size)
+    label_stack = label_buffer.reshape(per_call, batch_size)
     started = time.perf_counter()
     while position.epoch < epochs:
         epoch = position.epoch
@@ -356,17 +476,14 @@ def fit(
             images = np.take(data.x_train, rows, axis=0, out=image_buffer[: len(rows)])
             labels = np.take(data.y_train, rows, out=label_buffer[: len(rows)])
             if count > 0:  # a stack of full batches, in one call
-                losses, accuracies = train_steps(
-                    images.reshape(count, batch_size, model.input_size),
-                    labels.reshape(count, batch_size),
-                )
+                losses, accuracies = train_steps(image_stack, label_stack, count)
                 sizes = [batch_size] * count
             else:  # the epoch's last, smaller batch
                 losses, accuracies = train_step(images, labels)
                 sizes = [len(rows)]
             for offset, (loss, accuracy, size) in enumerate(
-                zip(np.atleast_1d(losses.numpy()).tolist(),
-                    np.atleast_1d(accuracies.numpy()).tolist(), sizes, strict=True)
+                zip(np.atleast_1d(losses.numpy())[: len(sizes)].tolist(),
+                    np.atleast_1d(accuracies.numpy())[: len(sizes)].tolist(), sizes, strict=True)
             ):
                 batch, step = first + offset, first_step + first + offset
                 callback.on_batch(step=step, epoch=epoch, batch=batch, loss=loss,
