@@ -1,6 +1,6 @@
 """`tapefit bench` (`python -m benchmarks`): measure everything in one run, print a table.
 
-    tapefit bench [--mnist PATH] [--epochs 3] [--skip-serving] [--skip-queue]
+    tapefit bench [--mnist PATH] [--epochs 3] [--skip-serving] [--skip-queue] ...
     tapefit bench queue --simulated-workers N --seconds S [--json]   (benchmarks/queue.py)
     tapefit bench tenancy [--queued N] [--owners N]   (fair claims and keys: benchmarks/tenancy.py)
 
@@ -26,12 +26,14 @@ def _row(what: str, figure: str, target: str, met: bool | None) -> str:
 
 
 def _queue_rows() -> list[str]:
-    """The queue under 100 simulated workers at 200 steps/s each, on a scratch database of
-    the configured kind (TAPEFIT_DATABASE_URL: PostgreSQL is what the aim is for)."""
+    """The queue under 100 simulated workers, on a scratch database of the configured kind
+    (TAPEFIT_DATABASE_URL: PostgreSQL is what the aim is for). Each is paced at 250 steps/s,
+    a little above the aim's 200: the aim's 20,000 rows/s counts the claims, starts and ends
+    of jobs and the run's wind-down, which a pace of exactly 200 would leave no room for."""
     from benchmarks.queue import bench_queue
 
-    queue = bench_queue(workers=100, seconds=10, processes=2, step_seconds=0.005)
-    where = f"{queue.database}, {queue.workers} simulated workers at 200 steps/s each"
+    queue = bench_queue(workers=100, seconds=10, processes=2, step_seconds=0.004)
+    where = f"{queue.database}, {queue.workers} simulated workers paced at 250 steps/s each"
     return [
         _row(f"queue ({where}): loss rows written per second", f"{queue.rows_per_second:,}",
              "≥ 20,000", queue.rows_per_second >= 20_000),
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-queue", action="store_true",
                         help="leave out the queue under 100 simulated workers (`tapefit bench "
                         "queue` runs it alone)")
+    parser.add_argument("--skip-small-jobs", action="store_true",
+                        help="leave out the burst of 40 small jobs through 2 workers (`python "
+                        "-m benchmarks.small_jobs` runs it alone)")
     parser.add_argument("--skip-study", action="store_true",
                         help="leave out the 12-trial study with and without ASHA (`python -m "
                         "benchmarks.study` runs it alone; about two minutes on the full MNIST)")
@@ -94,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
              f"{training.service_epoch_s:.2f}", "", None),
         _row("model.fit, s/epoch (same model, data, batch, evaluation)",
              f"{training.model_fit_epoch_s:.2f}", "", None),
-        _row("service loop / model.fit", f"{training.fit_ratio:.2f}", "≤ 0.80",
-             training.fit_ratio <= 0.8),
+        _row("service loop / model.fit", f"{training.fit_ratio:.2f}", "≤ 0.50",
+             training.fit_ratio <= 0.5),
+        _row("the same loop, no writes: under XLA / the plain graph",
+             f"{training.xla_ratio:.2f} ({training.no_writes_epoch_s:.2f} s vs "
+             f"{training.plain_graph_epoch_s:.2f} s)", "", None),
         _row("cost of the metric writes: time in them / training time",
              f"{training.writing_share:.1%}", "≤ 3%", training.writing_share <= 0.03),
         _row("the same, A/B: with writes / without − 1", f"{training.write_overhead:+.1%}",
@@ -156,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             _row("API memory with them (peak)", f"{streams.api_peak_rss_mb:.0f} MB", "< 600 MB",
                  streams.api_peak_rss_mb < 600),
         ]
+    if not args.skip_serving and not args.skip_small_jobs:
+        from benchmarks.small_jobs import bench_small_jobs
+        from benchmarks.small_jobs import rows as small_job_rows
+
+        with tempfile.TemporaryDirectory() as folder:
+            rows += small_job_rows(bench_small_jobs(args.mnist, Path(folder)), _row)
     if not args.skip_queue:
         rows += _queue_rows()
     if not args.skip_serving and not args.skip_study:

@@ -49,3 +49,16 @@ def test_the_service_figures_come_from_a_real_server(
     assert 0 < figures.first_row_warm_s and 0 < figures.first_row_cold_s
     assert 0 < figures.status_p50_ms <= figures.status_p99_ms
     assert figures.status_requests == 50
+
+
+def test_the_small_jobs_run_through_a_real_server_and_report_their_phases(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.small_jobs import bench_small_jobs
+
+    figures = bench_small_jobs(SAMPLE, tmp_path / "data", jobs=4, workers=1)
+    assert figures.jobs == 4 and figures.workers == 1
+    assert 0 < figures.wall_p50_s <= figures.wall_p90_s < figures.burst_s
+    # Every phase the worker logs at a job's end, read from its JSON log lines.
+    assert set(figures.phases_p50_s) == {"data", "build", "fit", "export", "persist"}
+    assert all(seconds >= 0 for seconds in figures.phases_p50_s.values())

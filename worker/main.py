@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
 
@@ -26,6 +27,9 @@ from worker.outcomes import HandedBack, Outcome, describe, persist
 from worker.recorder import Heartbeat, Presence
 from worker.run import JobRun
 
+if TYPE_CHECKING:
+    from worker.kits import Kits
+
 log = logging.getLogger("tapefit.worker")
 
 
@@ -38,6 +42,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.presence = Presence(self.database, self.worker_id, settings.lease_timeout)
         self.stop = threading.Event()
+        self._kits: Kits | None = None  # made with the first job: it loads TensorFlow
 
     def __enter__(self) -> Worker:
         return self
@@ -99,10 +104,11 @@ class Worker:
         with Heartbeat(self.database, lease, self.settings.heartbeat_interval,
                        presence=self.presence) as heartbeat:
             run = JobRun(self.database, self.settings, lease, heartbeat=heartbeat,
-                         stop=self.stop, scratch=self.scratch_dir)
+                         stop=self.stop, scratch=self.scratch_dir, kits=self.kits)
             try:
                 outcome = run.execute()
-                persist(outcome, run.recorder)
+                with run.phases.timing("persist"):
+                    persist(outcome, run.recorder)
             except LeaseLost as exc:
                 log.warning("job %s: %s; leaving it", lease.job_id, exc)
                 return None
@@ -110,6 +116,7 @@ class Worker:
                 self._hand_back(run, exc)
                 raise
         log.info("job %s: %s", lease.job_id, describe(outcome))
+        log.info("job %s: phases %s", lease.job_id, run.phases)
         return outcome
 
     def _hand_back(self, run: JobRun, exc: Exception) -> None:
@@ -123,6 +130,15 @@ class Worker:
         except (OperationalError, OSError, LeaseLost) as again:
             log.warning("job %s: could not hand it back (%s); the sweepers will",
                         run.lease.job_id, again)
+
+    @property
+    def kits(self) -> Kits:
+        """What this worker keeps between jobs of one architecture (worker/kits.py)."""
+        if self._kits is None:
+            from worker.kits import Kits
+
+            self._kits = Kits()
+        return self._kits
 
     @property
     def scratch_dir(self) -> Path:

@@ -12,7 +12,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -27,6 +31,9 @@ from service.studies import pruning
 from worker.outcomes import Cancelled, Failed, HandedBack, Outcome, Pruned, Succeeded
 from worker.recorder import Heartbeat, JobRecorder
 
+if TYPE_CHECKING:
+    from worker.kits import Kits
+
 log = logging.getLogger("tapefit.worker")
 
 
@@ -36,6 +43,25 @@ class TrialPruned(Exception):
     def __init__(self, epochs: int) -> None:
         super().__init__(f"pruned after epoch {epochs}")
         self.epochs = epochs
+
+
+class Phases:
+    """Where a job run's seconds went, phase by phase, for the worker's log line at its end
+    (and `tapefit bench`'s small jobs, which read it)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timing(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.3f} s" for name, seconds in self.seconds.items())
 
 
 class JobRun:
@@ -50,8 +76,10 @@ class JobRun:
         heartbeat: Heartbeat,
         stop: threading.Event,
         scratch: Path,
+        kits: Kits,
     ) -> None:
         self.database, self.settings, self.lease, self.scratch = database, settings, lease, scratch
+        self.kits = kits  # the worker's, kept between its jobs
         self.recorder = JobRecorder(
             database,
             lease,
@@ -69,6 +97,7 @@ class JobRun:
         self._batches = 0
         self._epochs = 0
         self._trial = False  # a study's trial: asked whether to prune after each epoch
+        self.phases = Phases()
 
     def execute(self) -> Outcome:
         """Run the job to its outcome. Raises LeaseLost when the job was taken from this
@@ -101,10 +130,7 @@ class JobRun:
     def _train(self) -> Succeeded | Pruned:
         from worker.checkpoint import Checkpointer, UnusableCheckpoint
         from worker.data import load_job_data
-        from worker.export import export_model
-        from worker.models import build_model
         from worker.training import EarlyStopping, FitPosition, fit, hold_out
-        from worker.updaters import build_updater
 
         with self.database.session() as session:
             job = jobs.get_job(session=session, job_id=self.lease.job_id)
@@ -112,30 +138,33 @@ class JobRun:
             self._trial = job.study_id is not None
             stored = leases.load_checkpoint(session=session, job_id=self.lease.job_id)
             checkpoint = stored.content if stored is not None else None
-        data, info = load_job_data(spec.dataset, settings=self.settings, database=self.database,
-                                   job_id=self.lease.job_id)
-        data, validation = hold_out(data, spec.validation_split, spec.seed)
+        with self.phases.timing("data"):
+            data, info = load_job_data(spec.dataset, settings=self.settings,
+                                       database=self.database, job_id=self.lease.job_id)
+            data, validation = hold_out(data, spec.validation_split, spec.seed)
         self._batches = math.ceil(len(data.x_train) / spec.batch_size)
         self._epochs = spec.epochs
 
+        kit = self.kits.take(spec, info.input_shape)
+
         def fresh() -> tuple:
-            model = build_model(spec.model, seed=spec.seed, input_shape=info.input_shape)
-            updater = build_updater(spec.optimizer)
+            model, updater = kit.start(spec, info.input_shape)
             stopping = (EarlyStopping(spec.early_stopping, model)
                         if spec.early_stopping is not None else None)
             return model, updater, stopping, Checkpointer(model, updater, stopping)
 
-        model, updater, stopping, self._checkpointer = fresh()
-        try:
-            self._position = self._checkpointer.restore(
-                checkpoint, batches_per_epoch=self._batches, recorded_steps=recorded_steps
-            )
-        except UnusableCheckpoint as exc:
-            # Starting over beats failing the job; the rewind keeps the curve clean.
-            log.warning("job %s: its checkpoint is unusable (%s); starting over",
-                        self.lease.job_id, exc)
-            model, updater, stopping, self._checkpointer = fresh()  # nothing half-restored
-            self._position = FitPosition()
+        with self.phases.timing("build"):
+            model, updater, stopping, self._checkpointer = fresh()
+            try:
+                self._position = self._checkpointer.restore(
+                    checkpoint, batches_per_epoch=self._batches, recorded_steps=recorded_steps
+                )
+            except UnusableCheckpoint as exc:
+                # Starting over beats failing the job; the rewind keeps the curve clean.
+                log.warning("job %s: its checkpoint is unusable (%s); starting over",
+                            self.lease.job_id, exc)
+                model, updater, stopping, self._checkpointer = fresh()  # nothing half-restored
+                self._position = FitPosition()
         del checkpoint, stored  # up to a few hundred MB for a large model
 
         position = self._position
@@ -149,18 +178,21 @@ class JobRun:
             log.info("job %s: resuming at epoch %s, batch %s",
                      self.lease.job_id, position.epoch, position.batch)
         try:
-            test_loss, test_accuracy = fit(
-                model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
-                seed=spec.seed, shuffle=spec.shuffle, callback=self.recorder, position=position,
-                validation=validation, early_stopping=stopping,
-            )
+            with self.phases.timing("fit"):  # tracing, epochs and their evaluations
+                test_loss, test_accuracy = fit(
+                    model, updater, data, epochs=spec.epochs, batch_size=spec.batch_size,
+                    seed=spec.seed, shuffle=spec.shuffle, callback=self.recorder,
+                    position=position, validation=validation, early_stopping=stopping,
+                    compiler=kit.compile,
+                )
         except TrialPruned as pruned:
             # Its model and test figures as they were after that epoch, kept with the state.
             test_loss, test_accuracy = self._test_figures(pruned.epochs - 1)
-            return Pruned(pruned.epochs, test_loss, test_accuracy,
-                          export_model(model, scratch=self.scratch,
-                                       standardize=info.standardize))
-        exported = export_model(model, scratch=self.scratch, standardize=info.standardize)
+            with self.phases.timing("export"):
+                exported = kit.export(scratch=self.scratch, standardize=info.standardize)
+            return Pruned(pruned.epochs, test_loss, test_accuracy, exported)
+        with self.phases.timing("export"):
+            exported = kit.export(scratch=self.scratch, standardize=info.standardize)
         return Succeeded(test_loss, test_accuracy, exported,
                          stopped_early_at_epoch=position.stopped_early_at or None)
 

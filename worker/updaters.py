@@ -30,6 +30,10 @@ class Updater(Protocol):
 
     def apply(self, gradients: Sequence[tf.Tensor], weights: Sequence[tf.Variable]) -> None: ...
 
+    def set_learning_rate(self, rate: float) -> None:
+        """Change a constant learning rate. The compiled steps read it as a variable, so a
+        worker's next job of the same architecture at another rate reuses them."""
+
     @property
     def variables(self) -> list[tf.Variable]:
         """The updater's own state (optimizer slots, step count), for checkpoints."""
@@ -45,17 +49,26 @@ class ManualSGD:
         self.learning_rate, self.clipnorm = learning_rate, clipnorm
         self.scheduled = not isinstance(learning_rate, float | int)
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # float32, as the product it scales: the same update as the float's own constant.
+        self._rate = tf.Variable(0.0 if self.scheduled else learning_rate, dtype=tf.float32,
+                                 trainable=False)
 
     def build(self, weights: Sequence[tf.Variable]) -> None:
         """Nothing to build: the step count exists from the start."""
 
     def apply(self, gradients: Sequence[tf.Tensor], weights: Sequence[tf.Variable]) -> None:
-        rate = self.learning_rate(self.iterations) if self.scheduled else self.learning_rate
+        rate = self.learning_rate(self.iterations) if self.scheduled else self._rate
         for g, w in zip(gradients, weights, strict=True):
             if self.clipnorm is not None:
                 g = tf.clip_by_norm(g, self.clipnorm)  # each gradient, as Keras' clipnorm
             w.assign_sub(g * tf.cast(rate, g.dtype))
         self.iterations.assign_add(1)
+
+    def set_learning_rate(self, rate: float) -> None:
+        if self.scheduled:
+            raise ValueError("the learning rate follows a schedule")
+        self.learning_rate = rate
+        self._rate.assign(rate)
 
     @property
     def variables(self) -> list[tf.Variable]:
@@ -76,6 +89,10 @@ class KerasUpdater:
 
     def apply(self, gradients: Sequence[tf.Tensor], weights: Sequence[tf.Variable]) -> None:
         self.optimizer.apply(list(gradients), list(weights))
+
+    def set_learning_rate(self, rate: float) -> None:
+        # Keras keeps a constant rate in a variable and assigns it here.
+        self.optimizer.learning_rate = rate
 
     @property
     def variables(self) -> list[tf.Variable]:
