@@ -100,6 +100,13 @@ class QueueFigures:
     database_cpu: float | None = None
     machine_busy: float | None = None
     first_error: str | None = None
+    # The same rows per second of the run alone (--seconds): every row is made before the
+    # workers are told to stop, while `seconds`, and so `rows_per_second`, also count the
+    # wind-down after it (the last groups committed, every job handed back). Paced
+    # (--step-ms), what the workers asked: each of them training all the time. That leaves
+    # out each job's claim, start and end, so no queue reaches the asked rate.
+    rows_per_second_in_run: float = 0.0
+    asked_rows_per_second: float | None = None
 
 
 @dataclass
@@ -453,6 +460,9 @@ class QueueBench:
             database_cpu=usage["database"], machine_busy=usage["machine"],
             first_error=next((share.first_error for share in shares if share.first_error),
                              None),
+            rows_per_second_in_run=round(rows / self.seconds),
+            asked_rows_per_second=round(self.workers / self.step_seconds)
+            if self.step_seconds else None,
         )
 
 

@@ -24,15 +24,16 @@ FIGURES = {"workers", "jobs", "rows_per_second", "claim_p50_ms", "claim_p99_ms",
 
 
 @pytest.mark.slow  # real processes
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize(("processes", "step_ms"), [(1, 0), (2, 1)])
 def test_it_prints_one_json_line_and_loses_nothing(
-    settings: Settings, database: Database, processes: int
+    settings: Settings, database: Database, processes: int, step_ms: int
 ) -> None:
     env = {**os.environ, "TAPEFIT_DATABASE_URL": settings.sqlalchemy_url,
            "TAPEFIT_DATA_DIR": str(settings.data_dir)}
     result = subprocess.run(
         [TAPEFIT, "bench", "queue", "--simulated-workers", "4", "--seconds", "2",
-         "--processes", str(processes), "--heartbeat-interval", "0.2", "--json"],
+         "--processes", str(processes), "--step-ms", str(step_ms), "--heartbeat-interval",
+         "0.2", "--json"],
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -44,6 +45,9 @@ def test_it_prints_one_json_line_and_loses_nothing(
     assert figures["duplicates"] == figures["lost"] == figures["errors"] == 0
     assert figures["jobs"] > 0 and figures["claims"] >= figures["jobs"]
     assert figures["rows"] >= figures["jobs"] * 469 // 2 and figures["rows_per_second"] > 0
+    assert figures["rows_per_second_in_run"] > 0
+    # Paced, what 4 workers asked: one row a millisecond each.
+    assert figures["asked_rows_per_second"] == (4000 if step_ms else None)
     assert 0 < figures["claim_p50_ms"] <= figures["claim_p99_ms"]
     assert figures["heartbeat_p99_ms"] > 0
     # It ran on a scratch database: the configured one is as it was.

@@ -8,15 +8,35 @@ dead) cannot overwrite the history that the job's next worker writes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, literal_column, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Dialect,
+    Select,
+    String,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, aliased
 
 from service.models import ApiKey, Artifact, Checkpoint, EpochSummary, Job, Metric, utcnow
 from service.queue import counters
@@ -39,7 +59,8 @@ class Lease:
 
 # Every claim on PostgreSQL holds this transaction-scoped advisory lock: claims run one at a
 # time, so each sees the running jobs every earlier claim started (fairness and max_running
-# are decided on committed counts). A claim takes about a millisecond.
+# are decided on committed counts). The lock is held for the claim's statement and its commit,
+# about a millisecond of the server's time (see `_claim_in_one_trip`).
 _CLAIM_LOCK_KEY = 0x7A9EF18
 # A job's owner for grouping: the admin's jobs (no owner) count as owner 0, which no key has.
 # A literal, not a bound parameter: PostgreSQL must see the same expression in GROUP BY.
@@ -91,68 +112,69 @@ def _next_job() -> Select[tuple[int]]:
     )
 
 
-def _next_job_by_owner(session: Session) -> int | None:
-    """`_next_job` in two short steps, for PostgreSQL, whose claims hold a lock that every
-    other claim waits for: the owners in their turn (each aggregate computed once), then the
-    first owner's job by priority that no other transaction holds (else the next owner's).
+def _claim_next_job(*, worker_id: Any, now: Any) -> Update:
+    """`_next_job` and its claim in one statement, for PostgreSQL, whose claims take turns
+    under a lock: the owners in their turn (each aggregate computed once), the first job of
+    each, by priority, that no other transaction holds (`LATERAL`, `SKIP LOCKED`), and the
+    UPDATE of the first owner's.
 
-    The same order: the one query sorts by (busy, first) before (priority, id), and the pair
-    (busy, first) belongs to one owner. As one query, the planner may run the aggregates
-    once per queued job: 50 ms a claim with 3,000 queued, claims one at a time, and a
-    hundred workers' claims waited seconds (`tapefit bench queue`).
+    The owners are sorted before the `LATERAL`, so the nested loop stops at the first owner
+    with a free job: only that job is locked, and only that owner's jobs are sorted (1 ms
+    with 3,000 jobs of 50 owners queued; the `LATERAL` run for every owner took 10). The same
+    order as `_next_job`: it sorts by (busy, first) before (priority, id), and the pair
+    (busy, first) belongs to one owner. One statement, so that the lock, the claim and the
+    commit can go to the server together (`_claim_in_one_trip`).
     """
     queued = (
-        select(_OWNER.label("owner"), func.min(Job.id).label("first"))
+        select(Job.owner.label("owner"), func.min(Job.id).label("first"))
         .where(Job.state == JobState.queued)
-        .group_by(_OWNER)
+        .group_by(Job.owner)
         .subquery("queued_owners")
     )
     running = (
-        select(_OWNER.label("owner"), func.count().label("jobs"))
+        select(Job.owner.label("owner"), func.count().label("jobs"))
         .where(Job.state == JobState.running)
-        .group_by(_OWNER)
+        .group_by(Job.owner)
         .subquery("running_owners")
     )
     busy = func.coalesce(running.c.jobs, 0)
-    owners = session.scalars(
-        select(queued.c.owner)
-        .outerjoin(running, running.c.owner == queued.c.owner)
+    turns = (
+        select(queued.c.owner, busy.label("busy"), queued.c.first)
+        .outerjoin(running, running.c.owner.is_not_distinct_from(queued.c.owner))
         .outerjoin(ApiKey, ApiKey.id == queued.c.owner)
         .where(or_(ApiKey.max_running.is_(None), busy < ApiKey.max_running))
         .order_by(busy, queued.c.first)
-    ).all()
-    for owner in owners:
-        mine = Job.owner.is_(None) if owner == 0 else Job.owner == owner
-        job_id = session.scalar(
-            select(Job.id)
-            .where(Job.state == JobState.queued, mine)
-            .order_by(Job.priority.desc(), Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        if job_id is not None:
-            return job_id
-    return None
+        .subquery("turns")
+    )
+    candidate = aliased(Job, name="candidate")
+    # Two index searches on (state, owner), one of them for the admin's jobs (no owner).
+    theirs = or_(candidate.owner == turns.c.owner,
+                 and_(turns.c.owner.is_(None), candidate.owner.is_(None)))
+    first_job = (
+        select(candidate.id)
+        .where(candidate.state == JobState.queued, theirs)
+        .order_by(candidate.priority.desc(), candidate.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .lateral("first_job")
+    )
+    # The ORDER BY repeats the owners' order, which the planner keeps without sorting again.
+    # A scalar subquery, run once (an InitPlan): joined to the UPDATE as a FROM item, it may
+    # run again for every queued row, and each run skips the job the last one claimed.
+    pick = (
+        select(first_job.c.id)
+        .select_from(turns)
+        .join(first_job, true())
+        .order_by(turns.c.busy, turns.c.first)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return _claim(Job.id == pick, worker_id=worker_id, now=now)
 
 
-def claim_job(*, session: Session, worker_id: str) -> Lease | None:
-    """Atomically take the next queued job in the fair order (`_next_job`); None when no job
-    can start (the queue is empty, or every owner with queued jobs is at its max_running).
-
-    PostgreSQL: claims take turns under an advisory lock, and the chosen row is locked (a
-    row another transaction holds, a cancel for one, is skipped). SQLite has one writer at a
-    time (the session began with BEGIN IMMEDIATE), so a single UPDATE ... RETURNING is atomic.
-    """
-    now = utcnow()
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
-        job_id = _next_job_by_owner(session)
-        if job_id is None:
-            return None
-        target = Job.id == job_id
-    else:
-        target = Job.id == _next_job().scalar_subquery()
-    claimed = session.execute(
+def _claim(target: ColumnElement[bool], *, worker_id: Any, now: Any) -> Update:
+    """queued -> running for the job `target` names, with a new lease."""
+    return (
         update(Job)
         .where(target, Job.state == JobState.queued)
         .values(
@@ -165,10 +187,109 @@ def claim_job(*, session: Session, worker_id: str) -> Lease | None:
         )
         .returning(Job.id, Job.lease_epoch)
         .execution_options(synchronize_session=False)
-    ).first()
+    )
+
+
+def claim_job(*, session: Session, worker_id: str) -> Lease | None:
+    """Atomically take the next queued job in the fair order (`_next_job`); None when no job
+    can start (the queue is empty, or every owner with queued jobs is at its max_running).
+
+    PostgreSQL: claims take turns under an advisory lock, and the chosen row is locked (a
+    row another transaction holds, a cancel for one, is skipped); with psycopg the claim is
+    committed before this returns (`_claim_in_one_trip`). SQLite has one writer at a time
+    (the session began with BEGIN IMMEDIATE), so a single UPDATE ... RETURNING is atomic; the
+    caller's session commits it.
+    """
+    now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        claimed = _claim_on_postgresql(session, worker_id=worker_id, now=now)
+    else:
+        claim = _claim(Job.id == _next_job().scalar_subquery(), worker_id=worker_id, now=now)
+        claimed = session.execute(claim).first()
     if claimed is None:
         return None
-    return Lease(job_id=claimed.id, worker_id=worker_id, token=claimed.lease_epoch)
+    job_id, token = claimed
+    return Lease(job_id=job_id, worker_id=worker_id, token=token)
+
+
+# The claim's statement on PostgreSQL, its worker and time as parameters: built once.
+_CLAIM_NEXT_JOB = _claim_next_job(
+    worker_id=bindparam("worker_id", type_=String),
+    now=bindparam("now", type_=Job.__table__.c.heartbeat_at.type),
+)
+_TAKE_CLAIM_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+# The claim's commit does not wait for its WAL to reach the disk (the lock is released at the
+# commit: waiting, every claim behind it waited too, 0.5-8 ms a claim here). A crash of the
+# server can then lose a claim made in its last moments, and only that: the job is queued
+# again, as before the claim. Nothing that depends on the claim can outlive it, since the
+# write log is flushed in order: the claiming worker's next write (`start_job`, a
+# synchronous commit) flushes the claim with it, or fails its lease check after the crash.
+_NO_WAIT_FOR_THE_DISK = "SET LOCAL synchronous_commit = off"
+
+
+def _claim_on_postgresql(
+    session: Session, *, worker_id: str, now: datetime
+) -> tuple[int, int] | None:
+    """(job id, lease token) of the job claimed under the claims' lock, or None."""
+    params = {"worker_id": worker_id, "now": now}
+    connection = session.connection()
+    if connection.dialect.driver == "psycopg":
+        return _claim_in_one_trip(connection, params)
+    session.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
+    row = session.execute(_CLAIM_NEXT_JOB, params).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _claim_in_one_trip(connection: Connection, params: dict[str, Any]) -> tuple[int, int] | None:
+    """The lock, the claim and the commit, sent at once (psycopg's pipeline mode): the server
+    runs them back to back, so the lock is held for the server's time alone (and not for a
+    flush of the write log, `_NO_WAIT_FOR_THE_DISK`).
+
+    Sent one by one (the lock, then the owners, their job, the claim and the commit), the
+    lock was also held while the claiming thread waited for its next turn at the GIL after
+    each reply, and every other claim waited behind it: with 50 threads a process that was
+    most of a claim's time (`tapefit bench queue`). The claim commits the session's
+    transaction itself: SQLAlchemy's commit at the end of the caller's session then finds
+    nothing to do, and what the caller runs after the claim goes in a new transaction."""
+    sql, constants = _compiled_claim(connection.dialect)
+    driver = connection.connection.driver_connection
+    with _as_sqlalchemy_errors(connection, sql, params), driver.cursor() as cursor:
+        with driver.pipeline():
+            driver.execute(_NO_WAIT_FOR_THE_DISK)
+            driver.execute(_TAKE_CLAIM_LOCK, (_CLAIM_LOCK_KEY,))
+            cursor.execute(sql, {**constants, **params})
+            driver.commit()
+        row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+@functools.lru_cache(maxsize=8)  # one entry per engine's dialect
+def _compiled_claim(dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """The claim's SQL for the driver, and its constant parameters (states, limits)."""
+    compiled = _CLAIM_NEXT_JOB.compile(dialect=dialect)
+    constants = {name: value for name, value in compiled.params.items()
+                 if name not in ("worker_id", "now")}
+    return str(compiled), constants
+
+
+@contextmanager
+def _as_sqlalchemy_errors(
+    connection: Connection, statement: str, params: dict[str, Any] | None = None
+) -> Iterator[None]:
+    """Errors of the driver's own calls raised as SQLAlchemy raises those of its statements
+    (a lost server: an OperationalError, and the connection invalidated), so the worker's
+    handling of them (wait and retry, hand the job back) holds for these calls too."""
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        driver = connection.connection.driver_connection
+        lost = connection.dialect.is_disconnect(exc, driver, None)
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(statement, params, exc, dbapi.Error,
+                                  connection_invalidated=lost,
+                                  dialect=connection.dialect) from exc
 
 
 @dataclass(frozen=True)
@@ -308,8 +429,10 @@ def _insert_metrics(session: Session, job_id: int, rows: Sequence[dict[str, Any]
     `tapefit bench queue`). In the session's transaction, so the lease check above fences it.
     """
     if session.get_bind().dialect.driver == "psycopg":
-        driver = session.connection().connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(_COPY_METRICS) as copy:
+        connection = session.connection()
+        driver = connection.connection.driver_connection
+        with (_as_sqlalchemy_errors(connection, _COPY_METRICS), driver.cursor() as cursor,
+              cursor.copy(_COPY_METRICS) as copy):
             for row in rows:
                 copy.write_row((job_id, row["step"], row["epoch"], row["batch"],
                                 finite_or_none(row["loss"]), row["accuracy"], row["time"]))

@@ -1,18 +1,24 @@
 """Fair claiming between API keys, priorities within a key, max_running in the claim, and
-queue positions that tell the claim order, on SQLite and PostgreSQL."""
+queue positions that tell the claim order, on SQLite and PostgreSQL; on PostgreSQL, a claim
+beside other transactions (a job one of them holds, a connection lost mid-claim)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
-from service.db import Database
+from service.db import Database, is_transient
 from service.models import Job
 from service.queue import jobs, leases
 from service.schemas import JobSpec, JobState
 from service.tenancy import keys
 from service.tenancy.identity import Scope
+from tests.helpers.settings import empty_postgres
 
 
 def make_key(database: Database, name: str, max_running: int | None = None) -> int:
@@ -149,3 +155,97 @@ def test_a_queued_jobs_view_shows_its_place_in_the_fair_order(database: Database
     assert views[a2].queue_position is None and views[a3].queue_position is None
     assert views[a2].note is not None and "max_running" in views[a2].note
     assert "quota is 1" in views[a2].note
+
+
+def states(database: Database) -> dict[int, tuple[str, str | None, int]]:
+    with database.session() as session:
+        rows = session.execute(select(Job.id, Job.state, Job.worker_id, Job.lease_epoch))
+        return {job_id: (state, worker, token) for job_id, state, worker, token in rows}
+
+
+def test_a_claim_changes_one_job_only(database: Database) -> None:
+    first, *others = submit(database, None, 4)
+    with database.session(write=True) as session:
+        lease = leases.claim_job(session=session, worker_id="w")
+    assert lease == leases.Lease(job_id=first, worker_id="w", token=1)
+    after = states(database)
+    assert after[first] == (JobState.running, "w", 1)
+    assert all(after[job] == (JobState.queued, None, 0) for job in others)
+
+
+def test_a_step_written_twice_is_refused_alike_on_both_databases(database: Database) -> None:
+    """PostgreSQL's rows go in by COPY, on the driver's own connection: its errors come out
+    as SQLAlchemy's, as the rows' INSERT on SQLite does."""
+    submit(database, None)
+    lease = claim_lease(database)
+    row = {"step": 0, "epoch": 0, "batch": 0, "loss": 1.0, "accuracy": 0.5, "time": 0.0}
+    with database.session(write=True) as session:
+        leases.record_progress(session=session, lease=lease, rows=[row])
+    with pytest.raises(IntegrityError), database.session(write=True) as session:
+        leases.record_progress(session=session, lease=lease, rows=[row])
+
+
+def claim_lease(database: Database) -> leases.Lease:
+    with database.session(write=True) as session:
+        lease = leases.claim_job(session=session, worker_id="w")
+    assert lease is not None
+    return lease
+
+
+@pytest.fixture
+def postgres(postgres_url: str) -> Iterator[Database]:
+    """PostgreSQL alone: what these tests look at (other transactions holding rows, a server
+    connection lost) has no counterpart with SQLite's single writer."""
+    empty_postgres(postgres_url)
+    database = Database(postgres_url)
+    yield database
+    database.dispose()
+
+
+def test_a_claim_passes_over_a_job_another_transaction_holds(postgres: Database) -> None:
+    alice, bob = make_key(postgres, "alice"), make_key(postgres, "bob")
+    a1, a2 = submit(postgres, alice, 2)
+    (b1,) = submit(postgres, bob)
+    with postgres.session(write=True) as cancelling:  # as a cancel holds its job's row
+        cancelling.execute(select(Job.id).where(Job.id == a1).with_for_update())
+        # Alice's turn: her next job that no one holds; then bob's turn, whose job is free.
+        assert claim(postgres) == a2
+        assert claim(postgres) == b1
+        # Only alice's held job is left, and it is passed over, not waited for.
+        assert claim(postgres) is None
+    assert claim(postgres) == a1
+    assert all(state == JobState.running for state, _, _ in states(postgres).values())
+
+
+def test_a_claim_on_a_connection_the_server_dropped_is_an_operational_error(
+    postgres: Database,
+) -> None:
+    """The claim runs on the driver's connection (its lock, statement and commit sent at
+    once): a lost server is still the OperationalError the worker waits out, the connection
+    is discarded, and the next claim takes the job."""
+    (job_id,) = submit(postgres, None)
+    # A bare session: the claim's own error is the one looked at, not its session's end.
+    with Session(postgres.engine) as session:
+        backend = session.scalar(select(func.pg_backend_pid()))
+        with postgres.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        with pytest.raises(OperationalError) as raised:
+            leases.claim_job(session=session, worker_id="w")
+    assert is_transient(raised.value) and raised.value.connection_invalidated
+    assert states(postgres)[job_id] == (JobState.queued, None, 0)
+    assert claim(postgres) == job_id
+
+
+def test_a_claim_commits_at_once_and_what_follows_waits_for_the_disk(postgres: Database) -> None:
+    """The claim's lock, statement and commit go to the server together, its commit not
+    waiting for the disk; the caller's next statements are a new transaction, whose commit
+    does wait, and so makes the claim durable with it."""
+    (job_id,) = submit(postgres, None)
+    with postgres.session(write=True) as session:
+        lease = leases.claim_job(session=session, worker_id="w")
+        assert lease is not None and lease.job_id == job_id
+        assert states(postgres)[job_id] == (JobState.running, "w", 1)  # seen from elsewhere
+        assert session.scalar(text("SHOW synchronous_commit")) == "on"
+        leases.start_job(session=session, lease=lease, total_steps=10)
+    with postgres.session() as session:
+        assert session.scalar(select(Job.total_steps).where(Job.id == job_id)) == 10
