@@ -149,6 +149,10 @@ class ExportTemplate:
             return None
         return cls(content, places, model.input_shape)
 
+    @property
+    def nbytes(self) -> int:
+        return len(self._content)
+
     def fill(self, model: Model) -> bytes:
         """The servable bytes of `model`, of this template's architecture (and
         standardisation), its weights written into a copy of the template."""
@@ -164,10 +168,10 @@ class ExportTemplate:
         inputs = np.random.default_rng(0).random((_CHECK_SAMPLES, *self._input_shape),
                                                  dtype=np.float32)
         try:
-            filled = _outputs(self.fill(model), inputs)
+            filled, converted = _outputs(self.fill(model), inputs), _outputs(content, inputs)
         except (ValueError, RuntimeError):  # not a model LiteRT can load or run
             return False
-        self.confirmed = np.array_equal(filled, _outputs(content, inputs))
+        self.confirmed = np.array_equal(filled, converted, equal_nan=True)
         return self.confirmed
 
 

@@ -32,6 +32,8 @@ log = logging.getLogger("tapefit.worker")
 # hundreds of MB: such a worker keeps only the kit of the job at hand).
 MAX_KITS = 4
 MAX_KIT_BYTES = 256 * 2**20
+# A kit's templates, one per standardisation (a tabular dataset's mean and std): the newest.
+MAX_TEMPLATES = 2
 
 
 class Kit:
@@ -50,8 +52,11 @@ class Kit:
 
     @property
     def nbytes(self) -> int:
+        """What the kit holds: its variables and its templates' bytes."""
         variables = [*self.model.weights, *self.model.state, *self.updater.variables]
-        return sum(variable.shape.num_elements() * variable.dtype.size for variable in variables)
+        return (sum(variable.shape.num_elements() * variable.dtype.size for variable in variables)
+                + sum(template.nbytes for template in self._templates.values()
+                      if template is not None))
 
     def start(self, spec: JobSpec, input_shape: Shape) -> tuple[Model, Updater]:
         """The model and updater, as a fresh build for `spec` would make them."""
@@ -94,6 +99,8 @@ class Kit:
             made = ExportTemplate.from_conversion(self.model, content)
             if made is not None:
                 self._templates[key] = made
+                while len(self._templates) > MAX_TEMPLATES:
+                    del self._templates[next(iter(self._templates))]
         elif template is not None and not template.confirm(self.model, content):
             log.info("this architecture's models are converted each time: a filled copy "
                      "computed other outputs than the converter's")

@@ -248,7 +248,9 @@ def _falling_back(first: TrainSteps, fallback: TrainSteps) -> TrainSteps:
         try:
             result = first(images, labels, count)
             chosen.append(first)
-        except tf.errors.OpError as error:
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            # What XLA raises for an op it cannot compile; not, say, a failed allocation,
+            # which would fail the plain graph too and must not change the path for good.
             log.debug("XLA cannot compile this step; the plain graph runs it: %s", error)
             chosen.append(fallback)
             result = fallback(images, labels, count)

@@ -233,11 +233,21 @@ def _claim_on_postgresql(
     """(job id, lease token) of the job claimed under the claims' lock, or None."""
     params = {"worker_id": worker_id, "now": now}
     connection = session.connection()
-    if connection.dialect.driver == "psycopg":
+    if connection.dialect.driver == "psycopg" and _nothing_done_yet(connection):
         return _claim_in_one_trip(connection, params)
     session.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
     row = session.execute(_CLAIM_NEXT_JOB, params).first()
     return None if row is None else (row[0], row[1])
+
+
+def _nothing_done_yet(connection: Connection) -> bool:
+    """Whether the session's transaction has run nothing yet. Only then may the claim commit
+    it: what a caller wrote before the claim stays the caller's to commit or roll back (and
+    to commit durably)."""
+    from psycopg.pq import TransactionStatus
+
+    driver = connection.connection.driver_connection
+    return driver.info.transaction_status == TransactionStatus.IDLE
 
 
 def _claim_in_one_trip(connection: Connection, params: dict[str, Any]) -> tuple[int, int] | None:

@@ -224,12 +224,15 @@ def test_a_claim_on_a_connection_the_server_dropped_is_an_operational_error(
     once): a lost server is still the OperationalError the worker waits out, the connection
     is discarded, and the next claim takes the job."""
     (job_id,) = submit(postgres, None)
-    # A bare session: the claim's own error is the one looked at, not its session's end.
-    with Session(postgres.engine) as session:
-        backend = session.scalar(select(func.pg_backend_pid()))
+    # A bare session on a connection whose backend is known, its transaction ended (so the
+    # claim takes the one-trip path): the claim's own error is the one looked at.
+    with postgres.engine.connect() as connection:
+        backend = connection.scalar(select(func.pg_backend_pid()))
+        connection.commit()
         with postgres.engine.connect() as other:
             other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
-        with pytest.raises(OperationalError) as raised:
+            other.commit()
+        with Session(bind=connection) as session, pytest.raises(OperationalError) as raised:
             leases.claim_job(session=session, worker_id="w")
     assert is_transient(raised.value) and raised.value.connection_invalidated
     assert states(postgres)[job_id] == (JobState.queued, None, 0)
@@ -249,3 +252,18 @@ def test_a_claim_commits_at_once_and_what_follows_waits_for_the_disk(postgres: D
         leases.start_job(session=session, lease=lease, total_steps=10)
     with postgres.session() as session:
         assert session.scalar(select(Job.total_steps).where(Job.id == job_id)) == 10
+
+
+def test_a_claim_after_other_writes_leaves_them_to_the_caller(postgres: Database) -> None:
+    """Only a claim that opens its session's transaction commits it at once: after writes of
+    the caller's own, the claim is part of the caller's transaction, and a rollback undoes
+    both, as on SQLite."""
+    first, second = submit(postgres, None, 2)
+    with pytest.raises(RuntimeError), postgres.session(write=True) as session:
+        session.execute(update(Job).where(Job.id == second).values(priority=5))
+        lease = leases.claim_job(session=session, worker_id="w")
+        assert lease is not None and lease.job_id == second  # it sees the caller's write
+        raise RuntimeError("the caller fails after its claim")
+    assert states(postgres)[first] == states(postgres)[second] == (JobState.queued, None, 0)
+    with postgres.session() as session:
+        assert session.scalar(select(Job.priority).where(Job.id == second)) == 0
