@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import httpx
+
 TAPEFIT = str(Path(sys.executable).parent / "tapefit")
 ANNOUNCED = re.compile(r"Uvicorn running on (http://\S+)")
 
@@ -41,3 +43,13 @@ def start_serve(
     process.kill()
     raise TimeoutError(f"tapefit serve did not start within {timeout} s:\n"
                        + log_path.read_text())
+
+
+def wait_for_workers(client: httpx.Client, workers: int, timeout: float = 120.0) -> None:
+    """Until `workers` workers are alive (TensorFlow and the data loaded, `/readyz` counts
+    them), so that what is measured next is the jobs, not the workers' start."""
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").json().get("workers_alive", 0) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{workers} workers did not start within {timeout} s")
+        time.sleep(0.2)

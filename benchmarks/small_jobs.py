@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.server import start_serve
+from benchmarks.server import start_serve, wait_for_workers
 
 SPEC = {"epochs": 1, "dataset": {"train_limit": 2000}}
 # The worker's line at a job's end: "job 7: phases data 0.010 s, build 0.020 s, ...".
@@ -77,11 +77,7 @@ def bench_small_jobs(mnist_path: Path, data_dir: Path, *, jobs: int = 40,
     process, url = start_serve("--workers", str(workers), env=env, log_path=log_path)
     client = httpx.Client(base_url=url, timeout=30)
     try:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").json().get("workers_alive", 0) < workers:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the workers did not start")
-            time.sleep(0.2)
+        wait_for_workers(client, workers)
         started = time.perf_counter()
         ids = [client.post("/jobs", json=SPEC).json()["id"] for _ in range(jobs)]
         deadline = time.monotonic() + timeout

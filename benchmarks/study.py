@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.server import start_serve
+from benchmarks.server import start_serve, wait_for_workers
 
 SPACE = {"optimizer.learning_rate": {"low": 1e-4, "high": 0.3, "log": True},
          "model.layers.0.units": {"choices": [16, 32, 64, 128]}}
@@ -90,12 +90,7 @@ def bench_study(mnist_path: Path, data_dir: Path, *, trials: int = 12, parallel:
                                log_path=data_dir / "bench-study.log")
     client = httpx.Client(base_url=url, timeout=30)
     try:
-        # The workers load TensorFlow and the data first: wait until they are ready.
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").json().get("workers_alive", 0) < workers:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the workers did not start")
-            time.sleep(0.2)
+        wait_for_workers(client, workers)
         asha = run_study(client, pruner="asha", trials=trials, parallel=parallel)
         none = run_study(client, pruner="none", trials=trials, parallel=parallel)
     finally:
