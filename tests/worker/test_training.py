@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
@@ -258,6 +259,25 @@ def test_stacked_calls_give_the_same_losses_as_single_steps(small: Mnist) -> Non
     step = make_train_step(model, updater)
     batches = BatchGenerator(small.x_train, small.y_train, 20, seed=4)
     single = [float(step(images, labels)[0]) for images, labels in batches]
+    np.testing.assert_allclose(stacked.losses, single, rtol=1e-5)
+
+
+def test_each_call_trains_on_the_next_batches_from_any_start(mnist: Mnist) -> None:
+    """Each call's batches are the next ones in the epoch's order: from a start that is not a
+    call's boundary (a resume), through the epoch's smaller last batch, and again from the
+    next epoch's first."""
+    data = limited(mnist, 1010, 100)  # 50 full batches of 20 and one of 10, 16 to a call
+    spec = job("keras", epochs=2, batch_size=20, seed=4)
+    stacked = Recorder()
+    run(spec, data, stacked, position=FitPosition(batch=5))
+    model, updater = build_model(spec.model, seed=4), build_updater(spec.optimizer)
+    step = make_train_step(model, updater)
+    single = []
+    for epoch, start in ((0, 5), (1, 0)):
+        batches = BatchGenerator(data.x_train, data.y_train, 20, seed=4, epoch=epoch)
+        single += [float(step(images, labels)[0])
+                   for images, labels in itertools.islice(batches, start, None)]
+    assert [row["step"] for row in stacked.batches] == list(range(5, 102))
     np.testing.assert_allclose(stacked.losses, single, rtol=1e-5)
 
 
