@@ -57,8 +57,10 @@ def bench_serving(
     *, data_dir: Path, model: str = "latest", seconds: float = 5.0, connections: int = 4,
     runs: int = 5_000,
 ) -> ServingFigures:
-    """Measure the serving path for `model` (a job id, latest or best) in `data_dir`."""
-    settings = Settings(data_dir=data_dir)
+    """Measure the serving path for `model` (a job id, latest or best) in `data_dir` and its
+    own SQLite database (whatever TAPEFIT_DATABASE_URL says: `tapefit bench` sets it for the
+    queue's figures, on a database of their own)."""
+    settings = Settings(data_dir=data_dir, database_url=None)
     database = Database(settings.sqlalchemy_url)
     store = ModelStore(settings.models_dir, capacity=1)
     try:
@@ -141,6 +143,7 @@ def _http(method: str, path: str, body: object = None, token: str | None = None)
 
 def _start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int, float]:
     env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir)}
+    env.pop("TAPEFIT_DATABASE_URL", None)
     started = time.perf_counter()
     server, url = start_serve("--workers", "0", env=env, log_path=log_path,
                               timeout=START_TIMEOUT_S)
