@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="interleaved runs of each compared loop (the fastest counts)")
     parser.add_argument("--skip-serving", action="store_true", help="training figures only")
-    parser.add_argument("--convnet-epochs", type=int, default=2,
-                        help="epochs of the chapter-8 convnet figure, the first tracing; 0 "
-                        "leaves it out (an epoch of the full MNIST takes ~20 s on two cores)")
+    parser.add_argument("--convnet-epochs", type=int, default=3,
+                        help="epochs of the chapter-8 convnet figure, the first tracing (one "
+                        "epoch measured alone was too noisy); 0 leaves it out (an epoch of the "
+                        "full MNIST takes 10-20 s on two cores)")
     parser.add_argument("--skip-queue", action="store_true",
                         help="leave out the queue under 100 simulated workers (`tapefit bench "
                         "queue` runs it alone)")

@@ -80,7 +80,17 @@ def run_study(client: httpx.Client, *, pruner: str, trials: int, parallel: int,
 
 def bench_study(mnist_path: Path, data_dir: Path, *, trials: int = 12, parallel: int = 2,
                 workers: int = 2) -> StudyFigures:
-    """The same study with ASHA and without pruning, on `tapefit serve --workers N`."""
+    """The same study with ASHA and without pruning, each on a fresh `tapefit serve --workers
+    N`: a worker keeps its traced steps between jobs of one network (worker/kits.py), so the
+    study run second on the same workers would start warm."""
+    runs = {pruner: _study_on_fresh_server(mnist_path, data_dir / pruner, pruner=pruner,
+                                           trials=trials, parallel=parallel, workers=workers)
+            for pruner in ("asha", "none")}
+    return StudyFigures(asha=runs["asha"], none=runs["none"])
+
+
+def _study_on_fresh_server(mnist_path: Path, data_dir: Path, *, pruner: str, trials: int,
+                           parallel: int, workers: int) -> StudyRun:
     env = {**os.environ, "TAPEFIT_DATA_DIR": str(data_dir.resolve()),
            "TAPEFIT_MNIST_PATH": str(Path(mnist_path).resolve()),
            "TAPEFIT_STUDY_INTERVAL": "0.5"}
@@ -91,13 +101,11 @@ def bench_study(mnist_path: Path, data_dir: Path, *, trials: int = 12, parallel:
     client = httpx.Client(base_url=url, timeout=30)
     try:
         wait_for_workers(client, workers)
-        asha = run_study(client, pruner="asha", trials=trials, parallel=parallel)
-        none = run_study(client, pruner="none", trials=trials, parallel=parallel)
+        return run_study(client, pruner=pruner, trials=trials, parallel=parallel)
     finally:
         client.close()
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
-    return StudyFigures(asha=asha, none=none)
 
 
 def rows(figures: StudyFigures, row) -> list[str]:  # noqa: ANN001 (the table's row maker)

@@ -212,7 +212,7 @@ def bench_training(data: Mnist, *, epochs: int = 3, rounds: int = 2) -> Training
     )
 
 
-def bench_convnet(data: Mnist, *, epochs: int = 2) -> ConvnetFigures:
+def bench_convnet(data: Mnist, *, epochs: int = 3) -> ConvnetFigures:
     """The chapter-8 convnet: the service's loop (every batch's loss written to SQLite)
     against model.fit on the same network, one run each (an epoch takes tens of seconds on
     two cores); each figure is its epochs after the first, which traces."""
