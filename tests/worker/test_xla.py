@@ -22,8 +22,10 @@ from worker.data import Mnist, limited
 from worker.models import build_model
 from worker.training import (
     XLA_MIN_MULTIPLY_ADDS,
+    CompiledSteps,
     FitPosition,
     Stopped,
+    compile_steps,
     fit,
     make_train_steps,
     use_xla,
@@ -239,3 +241,50 @@ def test_only_a_job_big_enough_to_repay_the_compilation_asks_for_xla(mnist: Mnis
     assert use_xla(epochs=5, samples=60_000, multiply_adds=dense)  # the default job
     assert use_xla(epochs=1, samples=XLA_MIN_MULTIPLY_ADDS, multiply_adds=1)
     assert not use_xla(epochs=1, samples=XLA_MIN_MULTIPLY_ADDS - 1, multiply_adds=1)
+
+
+class CallOrder(Losses):
+    """Losses, and the order of the compiled calls and the batches' rows among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def on_batch(self, *, step: int, loss: float, **rest: float) -> None:
+        super().on_batch(step=step, loss=loss, **rest)
+        self.events.append(f"row {step}")
+
+    def compiler(self, model: object, updater: object, *, xla: bool) -> CompiledSteps:
+        steps = compile_steps(model, updater, xla=xla)
+
+        def one(*args: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            self.events.append("one")
+            return steps.one(*args)
+
+        def stack(*args: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            self.events.append("stack")
+            return steps.stack(*args)
+
+        return CompiledSteps(one, stack)
+
+
+@pytest.mark.parametrize("xla", [True, False])
+def test_under_xla_a_jobs_first_loss_comes_before_the_compile(data: Mnist, xla: bool) -> None:
+    # Its first batch runs alone in the plain graph, so its row is written while the next
+    # call compiles; in the plain graph (nothing to compile) the first call is a stack.
+    spec = spec_of(DENSE, epochs=1)
+    seen = CallOrder()
+    fit(build_model(spec.model, seed=spec.seed), build_updater(spec.optimizer), data,
+        epochs=1, batch_size=spec.batch_size, seed=spec.seed, callback=seen, xla=xla,
+        compiler=seen.compiler)
+    if xla:
+        assert seen.events[:3] == ["one", "row 0", "stack"]
+    else:
+        assert seen.events[:2] == ["stack", "row 0"]
+    assert seen.steps == list(range(40))
+    # Resumed past its first batch, a job's calls are stacks from where it stands.
+    resumed = CallOrder()
+    fit(build_model(spec.model, seed=spec.seed), build_updater(spec.optimizer), data,
+        epochs=1, batch_size=spec.batch_size, seed=spec.seed, callback=resumed, xla=xla,
+        compiler=resumed.compiler, position=FitPosition(batch=3))
+    assert resumed.events[:2] == ["stack", "row 3"]
