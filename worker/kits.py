@@ -22,7 +22,7 @@ import numpy as np
 from service.schemas import ConstantSchedule, JobSpec
 from worker.export import ExportTemplate, export_model
 from worker.models import Model, Shape, build_model
-from worker.training import CompiledSteps, compile_steps
+from worker.training import CompiledSteps, compile_steps, under_xla
 from worker.updaters import Updater, build_updater
 
 log = logging.getLogger("tapefit.worker")
@@ -77,8 +77,11 @@ class Kit:
         first job's first call, kept for the next jobs."""
         if model is not self.model or updater is not self.updater:
             raise ValueError("a kit compiles the steps of its own model and updater")
-        if xla not in self._steps:
-            self._steps[xla] = compile_steps(model, updater, xla=xla)
+        if False not in self._steps:
+            self._steps[False] = compile_steps(model, updater)
+        if xla and True not in self._steps:  # the same single step and plain graph under it
+            plain = self._steps[False]
+            self._steps[True] = CompiledSteps(plain.one, under_xla(model, plain.stack))
         return self._steps[xla]
 
     def export(self, *, scratch: Path | None,

@@ -120,15 +120,18 @@ class JobRecorder:
         self.after_epoch = after_epoch
         self._rows: list[dict[str, Any]] = []
         self._started = time.monotonic()
-        self._last_flush = -math.inf  # the first batch is written at once
-        self._last_row_time: float | None = None
+        self._last_flush = -math.inf
+        self._last_row_time: float | None = None  # of the last row written; None: none yet
 
     def on_batch(self, *, step: int, epoch: int, batch: int, loss: float, accuracy: float) -> None:
         now = time.monotonic()
         row = {"step": step, "epoch": epoch, "batch": batch, "loss": loss,
                "accuracy": accuracy, "time": now - self._started}
         self._rows.append(row)
-        if len(self._rows) >= self.flush_rows or now - self._last_flush >= self.flush_interval:
+        # The run's first row is written at once (someone watching sees the job has started
+        # training, whatever the start's own writes and the next call's compile take).
+        if (self._last_row_time is None or len(self._rows) >= self.flush_rows
+                or now - self._last_flush >= self.flush_interval):
             self.flush()
 
     def on_epoch_end(self, **figures: float | int) -> None:

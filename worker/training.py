@@ -158,24 +158,17 @@ def use_xla(*, epochs: int, samples: int, multiply_adds: int) -> bool:
     return epochs * samples * multiply_adds >= XLA_MIN_MULTIPLY_ADDS
 
 
-def make_train_steps(model: Model, updater: Updater, *, xla: bool = False) -> TrainSteps:
+def make_train_steps(model: Model, updater: Updater) -> TrainSteps:
     """Compile `one_training_step` over a stack of equal batches, shape (K, B, 784) and
     (K, B), of which the first `count` run, in order: each one's (loss, accuracy) comes back,
     shape (K,), the entries past `count` zero.
 
     The loop's trip count is an argument, not the stack's shape, so one compilation (XLA's
     is by shape) serves every call of a job: the epoch's last call, with fewer batches,
-    passes the same buffer. With `xla`, the call is compiled by XLA, unless its graph has an
-    op XLA would change or slow down (see `unfit_for_xla`: it then stays a plain graph), and
-    falls back to the plain graph for good if XLA cannot compile it."""
+    passes the same buffer."""
     updater.build(model.weights)
-    signature = [
-        tf.TensorSpec([None, None, model.input_size], tf.float32),
-        tf.TensorSpec([None, None], tf.int32),
-        tf.TensorSpec([], tf.int32),
-    ]
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=_stack_signature(model))
     def train_steps(
         images: tf.Tensor, labels: tf.Tensor, count: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -192,23 +185,50 @@ def make_train_steps(model: Model, updater: Updater, *, xla: bool = False) -> Tr
             i += 1
         return losses.stack(), accuracies.stack()
 
-    if not xla:
-        return train_steps
-    traced = train_steps.get_concrete_function()  # the trace its first call would make
-    reason = unfit_for_xla(traced)
-    if reason is not None:
-        log.debug("this job's steps run in the plain graph: %s", reason)
-        return train_steps
+    return train_steps
 
-    # XLA compiles the traced graph itself: no second trace.
-    @tf.function(input_signature=signature, jit_compile=True)
-    def compiled(
+
+def _stack_signature(model: Model) -> list[tf.TensorSpec]:
+    return [
+        tf.TensorSpec([None, None, model.input_size], tf.float32),
+        tf.TensorSpec([None, None], tf.int32),
+        tf.TensorSpec([], tf.int32),
+    ]
+
+
+def under_xla(model: Model, plain: TrainSteps) -> TrainSteps:
+    """`plain` (`make_train_steps`'s) compiled by XLA, at its first call: unless its graph has
+    an op XLA would change or slow down (see `unfit_for_xla`: it then stays the plain graph),
+    and falling back to the plain graph for good if XLA cannot compile it. Nothing is traced
+    or compiled before that first call, so a job's first batch, which runs alone (see `fit`),
+    is not kept waiting."""
+    chosen: list[TrainSteps] = []
+
+    def choose() -> TrainSteps:
+        traced = plain.get_concrete_function()  # the plain graph's own trace, made once
+        reason = unfit_for_xla(traced)
+        if reason is not None:
+            log.debug("this job's steps run in the plain graph: %s", reason)
+            return plain
+
+        # XLA compiles the traced graph itself: no second trace.
+        @tf.function(input_signature=_stack_signature(model), jit_compile=True)
+        def compiled(
+            images: tf.Tensor, labels: tf.Tensor, count: tf.Tensor
+        ) -> tuple[tf.Tensor, tf.Tensor]:
+            return traced(images, labels, count)
+
+        log.debug("this job's full batches run under XLA")
+        return _falling_back(compiled, plain)
+
+    def train_steps(
         images: tf.Tensor, labels: tf.Tensor, count: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        return traced(images, labels, count)
+        if not chosen:
+            chosen.append(choose())
+        return chosen[0](images, labels, count)
 
-    log.debug("this job's full batches run under XLA")
-    return _falling_back(compiled, train_steps)
+    return train_steps
 
 
 # Random ops under XLA draw other numbers from the same seed: TensorFlow's kernels default to
@@ -268,11 +288,12 @@ class CompiledSteps:
 
 
 def compile_steps(model: Model, updater: Updater, *, xla: bool = False) -> CompiledSteps:
-    """Both steps of `model` and `updater`; they trace at their first call (the stack under
-    XLA at once, to see whether XLA suits it), and once: a worker keeps them for its next job
-    of the same architecture, worker/kits.py."""
+    """Both steps of `model` and `updater`, the stack under XLA with `xla`; they trace (and
+    compile) at their first call, once: a worker keeps them for its next job of the same
+    architecture (worker/kits.py)."""
+    plain = make_train_steps(model, updater)
     return CompiledSteps(make_train_step(model, updater),
-                         make_train_steps(model, updater, xla=xla))
+                         under_xla(model, plain) if xla else plain)
 
 
 def evaluate(

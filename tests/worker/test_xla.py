@@ -28,6 +28,7 @@ from worker.training import (
     compile_steps,
     fit,
     make_train_steps,
+    under_xla,
     use_xla,
 )
 from worker.updaters import ManualSGD, build_updater
@@ -196,7 +197,7 @@ def test_a_step_xla_cannot_compile_falls_back_to_the_plain_graph(
 
 def test_a_call_runs_the_first_count_of_its_batches(data: Mnist) -> None:
     model = build_model(spec_of(DENSE).model, seed=0)
-    steps = make_train_steps(model, build_updater(spec_of(DENSE).optimizer), xla=True)
+    steps = under_xla(model, make_train_steps(model, build_updater(spec_of(DENSE).optimizer)))
     images = data.x_train[:100].reshape(4, 25, 784)
     labels = data.y_train[:100].reshape(4, 25)
     for count in (4, 1, 3):
