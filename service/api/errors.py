@@ -134,6 +134,8 @@ def install(app: FastAPI, routers: Iterable[APIRouter]) -> None:
             detail = [{"loc": ["body", answer.field] if answer.field != "body" else ["body"],
                        "msg": message, "type": "value_error"}]
             message = f"{answer.field}: {message}"
+        elif answer.native == 422:  # every 422's detail is the declared list of field errors
+            detail = [{"loc": ["body"], "msg": message, "type": "value_error"}]
         return error_response(path, answer.native, message, detail=detail, headers=headers)
 
     for cls in TABLE:

@@ -84,6 +84,9 @@ def test_a_dataset_that_does_not_exist_or_was_deleted_is_a_422(client: TestClien
     missing = client.post("/jobs", json={"dataset": {"id": 41}, "model": DENSE_3})
     assert missing.status_code == 422
     assert missing.json()["message"].startswith("dataset.id: dataset 41 does not exist")
+    # The declared 422 shape, as every other 422 (the live fuzz found a bare string here).
+    assert missing.json()["detail"] == [
+        {"loc": ["body"], "msg": missing.json()["message"], "type": "value_error"}]
     dataset = fruit(client)
     assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
     deleted = client.post("/jobs", json={"dataset": {"id": dataset["id"]}, "model": DENSE_3})
